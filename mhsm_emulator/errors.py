@@ -1,0 +1,66 @@
+"""The service's error shape, so that clients parse our failures exactly as they parse Azure's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class ServiceError(Exception):
+    """A failure the data plane reports as `{"error": {"code", "message", "innererror"?}}`.
+
+    Managed HSM ends every message with ` (Activity ID: <request id>)`; the id is added when the
+    response is rendered, because the raising code does not know it.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        *,
+        inner: str | None = None,
+        headers: dict[str, str] | None = None,
+        empty_body: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.inner = inner
+        self.headers = headers or {}
+        self.empty_body = empty_body
+
+    def response(self, request_id: str) -> Response:
+        if self.empty_body:
+            return Response(b"", status_code=self.status, headers=self.headers)
+        error: dict[str, Any] = {"message": f"{self.message} (Activity ID: {request_id})"}
+        if self.code is not None:
+            error = {"code": self.code, **error}
+        if self.inner:
+            error["innererror"] = {"code": self.inner}
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers,
+                            media_type=JSON_TYPE)
+
+
+def bad_parameter(message: str) -> ServiceError:
+    return ServiceError(400, "BadParameter", message)
+
+
+def key_not_found(name: str) -> ServiceError:
+    return ServiceError(404, "KeyNotFound",
+                        f"A key with (name/id) {name} was not found in this key vault. If you recently "
+                        "deleted this key you may be able to recover it using the correct recovery command. "
+                        "For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182")
+
+
+def deleted_key_not_found(name: str) -> ServiceError:
+    return ServiceError(404, "KeyNotFound", f"Deleted Key not found: {name}")
+
+
+def access_denied(action: str, scope: str) -> ServiceError:
+    return ServiceError(403, "AccessDenied",
+                        f"Not authorized to access Microsoft.KeyVault/managedHsm/{action} on '{scope}'")
