@@ -1,0 +1,163 @@
+"""Shared fixtures: real emulator processes over real HTTPS, and Microsoft's SDKs pointed at them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from mhsm_emulator.admin_client import EmulatorAdmin
+
+REPO = Path(__file__).resolve().parent.parent
+EMULATOR = [sys.executable, "-m", "mhsm_emulator.cli"]
+# The SDK's default api-version, and the older one every conformance check runs with too.
+API_VERSIONS = ["2025-07-01", "7.5"]
+
+
+@dataclass
+class Emulator:
+    """A running `mhsm-emulator serve` process and what its emulator.json says."""
+
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    @property
+    def admin(self) -> EmulatorAdmin:
+        return EmulatorAdmin(self.info["admin_url"], self.info["admin_secret"])
+
+    def principal(self, name: str) -> dict[str, str]:
+        return self.info["principals"][name]
+
+    def credential(self, name: str, **kwargs: Any) -> Any:
+        from azure.identity import ClientSecretCredential
+
+        p = self.principal(name)
+        return ClientSecretCredential(self.info["tenant_id"], p["client_id"], p["client_secret"],
+                                      authority=self.info["authority"], disable_instance_discovery=True, **kwargs)
+
+    def key_client(self, name: str = "keygen", api_version: str | None = None, **kwargs: Any) -> Any:
+        from azure.keyvault.keys import KeyClient
+
+        extra = {"api_version": api_version} if api_version else {}
+        return KeyClient(self.url, self.credential(name), verify_challenge_resource=False, **extra, **kwargs)
+
+    def crypto_client(self, key: Any, name: str = "keygen", api_version: str | None = None) -> Any:
+        from azure.keyvault.keys.crypto import CryptographyClient
+
+        extra = {"api_version": api_version} if api_version else {}
+        return CryptographyClient(key, self.credential(name), verify_challenge_resource=False, **extra)
+
+    def access_client(self, name: str = "admin", api_version: str | None = None) -> Any:
+        from azure.keyvault.administration import KeyVaultAccessControlClient
+
+        extra = {"api_version": api_version} if api_version else {}
+        return KeyVaultAccessControlClient(self.url, self.credential(name), verify_challenge_resource=False, **extra)
+
+    def token(self, name: str, scope: str = "https://managedhsm.azure.net/.default") -> str:
+        return self.credential(name).get_token(scope).token
+
+    def http(self, name: str | None = "keygen") -> Any:
+        """A bare httpx client to the data plane, with a bearer token for `name` (None: no token)."""
+        import ssl
+
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token(name)}"} if name else {}
+        return httpx.Client(base_url=self.url, headers=headers, verify=ssl.create_default_context(cafile=self.info["ca_file"]),
+                            trust_env=False,
+                            timeout=30.0)
+
+    def stop(self, timeout: float = 5.0) -> float:
+        """SIGTERM, wait, and return how long the process took to exit."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        return time.monotonic() - started
+
+
+def start_emulator(state_dir: Path, *args: str, timeout: float = 30.0) -> Emulator:
+    """Start `mhsm-emulator serve` and wait until it has published emulator.json."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "emulator.log", "ab")
+    process = subprocess.Popen([*EMULATOR, "serve", "--state-dir", str(state_dir), *args],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    info_file = state_dir / "emulator.json"
+    deadline = time.monotonic() + timeout
+    while not info_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"emulator exited with {process.returncode}: "
+                               f"{(state_dir / 'emulator.log').read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("emulator did not publish emulator.json in time")
+        time.sleep(0.05)
+    return Emulator(state_dir, process, json.loads(info_file.read_text()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_nothing_from_the_environment() -> Iterator[None]:
+    """CI images export CA variables globally; each test sets the ones it means to use."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ)
+             if k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "AZURE_AUTHORITY_HOST",
+                      "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+                      "AZURE_POD_IDENTITY_AUTHORITY_HOST", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET",
+                      "AZURE_TENANT_ID", "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}
+    yield
+    os.environ.update(saved)
+
+
+def _session_emulator(tmp_path_factory: pytest.TempPathFactory, scenario: str) -> Iterator[Emulator]:
+    emulator = start_emulator(tmp_path_factory.mktemp(f"emulator-{scenario}"), "--scenario", scenario)
+    # Both TLS stacks the SDKs use must trust the emulator's CA (reference §8.4).
+    os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = emulator.info["ca_file"]
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def permissive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    yield from _session_emulator(tmp_path_factory, "permissive")
+
+
+@pytest.fixture(scope="session")
+def granular(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    yield from _session_emulator(tmp_path_factory, "granular")
+
+
+@pytest.fixture(params=["permissive", "granular"])
+def emulator(request: pytest.FixtureRequest) -> Emulator:
+    """Each conformance check runs against both RBAC scenarios."""
+    emu: Emulator = request.getfixturevalue(request.param)
+    os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = emu.info["ca_file"]
+    return emu
+
+
+@pytest.fixture(params=API_VERSIONS)
+def api_version(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+_names = iter(range(10**9))
+
+
+@pytest.fixture
+def key_name(request: pytest.FixtureRequest) -> str:
+    """A key name unique in the session, readable in the emulator's state."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80].strip("-")
+    return f"{base}-{next(_names)}".replace("--", "-")
