@@ -36,6 +36,7 @@ class Latency:
 
 class Control:
     def __init__(self) -> None:
+        self.in_flight = 0
         self.reset()
 
     def reset(self, counters: bool = True, faults: bool = True, latency: bool = True) -> None:
@@ -51,7 +52,6 @@ class Control:
             self.faults_injected: Counter[str] = Counter()
             self.connections_accepted = 0
             self.peak_concurrent = 0
-        self.in_flight = getattr(self, "in_flight", 0)
 
     # -- latency and faults --------------------------------------------------------------------
 

@@ -121,8 +121,8 @@ async def role_api(request: Request) -> Response:
     hsm: Hsm = request.app.state.hsm
     match = ROLE_PATH.match(re.sub("/+", "/", request.url.path))
     if match is None or (request.method != "GET" and match["name"] is None):
-        raise_not_found = ServiceError(404, "NotFound", "The requested resource was not found.")
-        return raise_not_found.response(request.state.request_id)
+        return ServiceError(404, "NotFound", "The requested resource was not found.").response(
+            request.state.request_id)
     scope = rbac.normalize_scope(match["scope"] or "/")
     kind, name = match["kind"].lower(), match["name"]
     verb = VERBS[request.method]
