@@ -1,0 +1,111 @@
+"""Logging as the official `log` section describes it, on plain Python `logging`.
+
+`SendToFile` writes `MHSM-PKCS11-<pid>-<YYYYMMDD>-<HHMMSS>.log` in `directory`, one file per process
+(a forked worker opens its own); `SendToStdOut` / `SendToStdErr` write to the streams;
+`IncludeProcessId` / `IncludeThreadId` add ids to each line. Secrets, tokens and PINs never appear,
+whatever the flags say: a filter scrubs every record (`IncludePINs` is ignored on purpose).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import Log
+
+ROOT = "mhsm"
+# JWTs, bearer headers, form-encoded secrets and PIN-carried secrets (`<client-id>:<secret>`).
+SECRET_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
+    re.compile(r"(?i)((?:client_secret|secret|password|pin|pin-value|access_token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+"),
+]
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Scrub this exact string from every log record from now on."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    for secret in list(_secrets):
+        text = text.replace(secret, "***")
+    for pattern in SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text
+
+
+class _Scrubber(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class _PerProcessFile(logging.Handler):
+    """A file per process, opened lazily so a forked child writes its own file, never the parent's."""
+
+    def __init__(self, directory: str, close_after_write: bool) -> None:
+        super().__init__()
+        self._directory = Path(directory)
+        self._close_after_write = close_after_write
+        self._pid = -1
+        self._path: Path | None = None
+        self._stream = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._pid != os.getpid():
+                self._pid, self._stream = os.getpid(), None
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                self._path = self._directory / f"MHSM-PKCS11-{self._pid}-{stamp}.log"
+            if self._stream is None:
+                self._directory.mkdir(parents=True, exist_ok=True)
+                self._stream = open(self._path, "a", encoding="utf-8")  # type: ignore[arg-type]
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
+            if self._close_after_write:
+                self._stream.close()
+                self._stream = None
+        except OSError:
+            self.handleError(record)
+
+
+def configure(settings: Log) -> logging.Logger:
+    """Install the handlers the `log` section asks for on the `mhsm` logger (idempotent)."""
+    logger = logging.getLogger(ROOT)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.DEBUG if settings.function_level_trace else getattr(logging, settings.level.upper()))
+    logger.propagate = False
+    ids = ("pid=%(process)d " if settings.include_process_id else "") + \
+          ("tid=%(thread)d " if settings.include_thread_id else "")
+    formatter = logging.Formatter(f"%(asctime)s {ids}%(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = []
+    if settings.send_to_file:
+        handlers.append(_PerProcessFile(settings.directory, settings.close_file_after_write))
+    if settings.send_to_stdout:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    if settings.send_to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if not handlers:
+        handlers.append(logging.NullHandler())
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_Scrubber())
+        logger.addHandler(handler)
+    # azure-identity and httpx log through their own loggers; keep them quiet unless tracing.
+    for name in ("azure", "httpx", "httpcore", "msal"):
+        logging.getLogger(name).setLevel(logging.DEBUG if settings.function_level_trace else logging.WARNING)
+    return logger
