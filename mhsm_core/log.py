@@ -105,7 +105,14 @@ def configure(settings: Log) -> logging.Logger:
         handler.setFormatter(formatter)
         handler.addFilter(_Scrubber())
         logger.addHandler(handler)
-    # azure-identity and httpx log through their own loggers; keep them quiet unless tracing.
+    # azure-identity, msal and httpx log through their own loggers: send them where ours go, scrubbed,
+    # instead of Python's last-resort stderr handler.
     for name in ("azure", "httpx", "httpcore", "msal"):
-        logging.getLogger(name).setLevel(logging.DEBUG if settings.function_level_trace else logging.WARNING)
+        library_logger = logging.getLogger(name)
+        library_logger.setLevel(logging.DEBUG if settings.function_level_trace else logging.ERROR)
+        library_logger.propagate = False
+        for handler in list(library_logger.handlers):
+            library_logger.removeHandler(handler)
+        for handler in handlers:
+            library_logger.addHandler(handler)
     return logger

@@ -1,0 +1,1 @@
+"""Command-line tools on the core, byte-compatible with the official package's where they overlap."""
