@@ -1,7 +1,8 @@
-"""`make demo`: start the emulator, make an RSA and an EC key, sign with each, verify, stop.
+"""`make demo`: the emulator, two keys made with `mhsm_p11_create_key`, listed, signed through the core,
+verified with the public keys, and everything stopped again.
 
-For now the keys and signatures go through Microsoft's own SDK; as the core, the PKCS#11 module
-and the provider land, the demo moves onto them (and, last, onto nginx with a `store:` key).
+It uses only what a user has: the emulator's mhsm-pkcs11.conf (MHSM_PKCS11_CONF) and a service
+principal in MHSM_CLIENT_ID / MHSM_CLIENT_SECRET. The provider issue extends it to nginx.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+BIN = Path(sys.executable).parent
 
-def start(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict]:
+
+def start_emulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict]:
     process = subprocess.Popen([sys.executable, "-m", "mhsm_emulator.cli", "serve", "--state-dir", str(state_dir)],
                                stdout=subprocess.DEVNULL, stderr=open(state_dir / "emulator.log", "wb"))
     info_file = state_dir / "emulator.json"
@@ -29,35 +32,43 @@ def start(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict]:
     return process, json.loads(info_file.read_text())
 
 
+def create_key(kind: str, value: str, label: str) -> str:
+    out = subprocess.run([str(BIN / "mhsm_p11_create_key"), f"--{kind}", value, "--label", label],
+                         capture_output=True, text=True, check=True).stdout
+    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Key Name: "))
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mhsm-demo-") as tmp:
-        state_dir = Path(tmp)
-        process, info = start(state_dir)
+        process, info = start_emulator(Path(tmp))
         try:
-            os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = info["ca_file"]
-            from azure.identity import ClientSecretCredential
-            from azure.keyvault.keys import KeyClient
-            from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
+            principal = info["principals"]["keygen"]
+            os.environ.update(MHSM_PKCS11_CONF=info["conf_file"], MHSM_CLIENT_ID=principal["client_id"],
+                              MHSM_CLIENT_SECRET=principal["client_secret"])
+            print(f"emulator   {info['url']}  (HSM '{info['hsm_name']}'; MHSM_PKCS11_CONF={info['conf_file']})")
+            rsa_name = create_key("RSA", "2K", "demoRsaKey")
+            ec_name = create_key("EC", "P256", "demoEcKey")
+            print(f"created    {rsa_name} (RSA 2048, label demoRsaKey) and {ec_name} (EC P-256, label demoEcKey)")
+            listing = json.loads(subprocess.run([str(BIN / "mhsm_p11_list_keys"), "--json"], capture_output=True,
+                                                text=True, check=True).stdout)
+            print(f"listed     {len(listing)} keys: " + ", ".join(f"{k['label']}={k['name']}" for k in listing))
 
-            p = info["principals"]["keygen"]
-            credential = ClientSecretCredential(info["tenant_id"], p["client_id"], p["client_secret"],
-                                                authority=info["authority"], disable_instance_discovery=True)
-            keys = KeyClient(info["url"], credential, verify_challenge_resource=False)
-            print(f"emulator   {info['url']}  (HSM '{info['hsm_name']}', tenant {info['tenant_id']})")
+            from mhsm_core import signing
+            from mhsm_core.hsm import Library
+
+            hsm = Library.load().hsm(0)
             digest = hashlib.sha256(b"hello from make demo").digest()
-            for key, alg in ((keys.create_rsa_key("demo-rsa", size=2048, hardware_protected=True),
-                              SignatureAlgorithm.ps256),
-                             (keys.create_ec_key("demo-ec", curve="P-256", hardware_protected=True),
-                              SignatureAlgorithm.es256)):
-                remote = CryptographyClient(key.id, credential, verify_challenge_resource=False)
-                signature = remote.sign(alg, digest).signature
-                local = CryptographyClient(key, credential, verify_challenge_resource=False)  # public key only
-                ok = local.verify(alg, digest, signature).is_valid
-                print(f"key        {key.name:9} {key.key_type.value}  {alg.value}: {len(signature)}-byte signature, "
-                      f"verified locally: {'yes' if ok else 'NO'}")
+            for label, choose in (("demoRsaKey", lambda key: signing.pss(digest, "SHA256")),
+                                  ("demoEcKey", lambda key: signing.ecdsa(digest, key.curve))):
+                [key] = hsm.keys.find(label=label)
+                algorithm, sized = choose(key)
+                signature = hsm.keys.sign(key, algorithm, sized)
+                ok = signing.verify(key.public_key, algorithm, sized, signature)
+                print(f"signed     {label:10} {algorithm}: {len(signature)}-byte signature, verified with the "
+                      f"public key: {'yes' if ok else 'NO'}")
                 if not ok:
                     return 1
-            print("result     OK: keys made in the HSM emulator, signatures verified with the public keys")
+            print("result     OK: keys made in the HSM emulator by mhsm_p11_create_key, signed through mhsm_core")
             return 0
         finally:
             process.send_signal(signal.SIGTERM)

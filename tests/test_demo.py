@@ -13,5 +13,5 @@ def test_demo_runs_and_verifies() -> None:
     result = subprocess.run([sys.executable, str(REPO / "demo" / "demo.py")], capture_output=True, text=True,
                             timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("verified locally: yes") == 2
+    assert result.stdout.count("verified with the public key: yes") == 2
     assert "result     OK" in result.stdout
