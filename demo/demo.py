@@ -10,26 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from mhsm_emulator import launcher
+
 BIN = Path(sys.executable).parent
-
-
-def start_emulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict]:
-    process = subprocess.Popen([sys.executable, "-m", "mhsm_emulator.cli", "serve", "--state-dir", str(state_dir)],
-                               stdout=subprocess.DEVNULL, stderr=open(state_dir / "emulator.log", "wb"))
-    info_file = state_dir / "emulator.json"
-    deadline = time.monotonic() + 30
-    while not info_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"demo: the emulator did not start; see {state_dir / 'emulator.log'}")
-        time.sleep(0.05)
-    return process, json.loads(info_file.read_text())
 
 
 def create_key(kind: str, value: str, label: str) -> str:
@@ -40,7 +28,8 @@ def create_key(kind: str, value: str, label: str) -> str:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mhsm-demo-") as tmp:
-        process, info = start_emulator(Path(tmp))
+        emulator = launcher.start(Path(tmp))
+        info = emulator.info
         try:
             principal = info["principals"]["keygen"]
             os.environ.update(MHSM_PKCS11_CONF=info["conf_file"], MHSM_CLIENT_ID=principal["client_id"],
@@ -71,8 +60,7 @@ def main() -> int:
             print("result     OK: keys made in the HSM emulator by mhsm_p11_create_key, signed through mhsm_core")
             return 0
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=10)
+            emulator.stop(timeout=10)
 
 
 if __name__ == "__main__":

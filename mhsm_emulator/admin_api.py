@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .control import FAULT_KINDS, Control, Fault
+from .control import ANY, FAULT_KINDS, OPERATIONS, TOKEN, Control, Fault
 
 
 def _control(request: Request) -> Control:
@@ -51,10 +51,18 @@ async def counters(request: Request) -> Response:
     return JSONResponse(_control(request).snapshot())
 
 
+def _operation(body: dict[str, Any], also: frozenset[str] = frozenset()) -> str:
+    """A known operation name, so that a typo ("sing") is refused instead of never matching."""
+    operation = str(body.get("operation", ANY))
+    if operation not in OPERATIONS | also | {ANY}:
+        raise ValueError(f"unknown operation {operation!r}; use * or one of {', '.join(sorted(OPERATIONS | also))}")
+    return operation
+
+
 @guarded
 async def latency(request: Request) -> Response:
     body = await _body(request)
-    _control(request).set_latency(str(body.get("operation", "*")), float(body.get("fixed_ms", 0)),
+    _control(request).set_latency(_operation(body, frozenset({TOKEN})), float(body.get("fixed_ms", 0)),
                                   float(body.get("jitter_ms", 0)))
     return JSONResponse({"ok": True})
 
@@ -66,10 +74,12 @@ async def faults(request: Request) -> Response:
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
     retry_after = body.get("retry_after")
-    fault = Fault(kind, int(retry_after) if retry_after is not None else None,
-                  float(body.get("stall_seconds", 10.0)), int(body.get("status", 503)))
-    operation = "token" if kind == "token_outage" else str(body.get("operation", "*"))
-    _control(request).inject(operation, fault, int(body.get("count", 1)))
+    fault = Fault(kind, int(retry_after) if retry_after is not None else None, float(body.get("stall_seconds", 10.0)))
+    operation = TOKEN if kind == "token_outage" else _operation(body)
+    count = int(body.get("count", 1))
+    if count < 1:  # would queue nothing while the caller believes a fault is pending
+        raise ValueError(f"count must be at least 1, not {count}")
+    _control(request).inject(operation, fault, count)
     return JSONResponse({"ok": True, "pending": _control(request).pending()})
 
 

@@ -5,7 +5,9 @@ Kept in memory only: it describes this run of the emulator, not the HSM's state.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,20 @@ DATA_PLANE_FAULTS = ("throttle", "error", "unavailable", "reset", "stall", "toke
 TOKEN_FAULTS = ("token_outage",)
 FAULT_KINDS = DATA_PLANE_FAULTS + TOKEN_FAULTS
 ANY = "*"
+# Names of the data-plane operations, for latency and faults; "token" is the token endpoints.
+OPERATIONS = frozenset({
+    "create", "get", "list", "list_versions", "update", "delete", "get_deleted", "list_deleted", "recover",
+    "purge", "sign", "verify", "rng", "unmodeled",
+    *(f"role_{kind}_{verb}" for kind in ("definitions", "assignments") for verb in ("read", "write", "delete"))})
+TOKEN = "token"
+
+
+async def sleep_at_least(seconds: float) -> None:
+    """Wait at least `seconds`: uvloop's timers run on a cached millisecond clock and can fire up
+    to ~1 ms early, and an injected delay is a promise callers measure against."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(remaining)
 
 
 @dataclass(frozen=True)
@@ -22,7 +38,6 @@ class Fault:
     kind: str
     retry_after: int | None = None
     stall_seconds: float = 10.0
-    status: int = 503
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class Control:
             self._latency: dict[str, Latency] = {}
         if counters:
             self.requests: Counter[tuple[str, str]] = Counter()
-            self.statuses: Counter[int] = Counter()
+            self.statuses: Counter[str] = Counter()
             self.signs: Counter[tuple[str, str, str]] = Counter()
             self.tokens: Counter[tuple[str, str]] = Counter()
             self.faults_injected: Counter[str] = Counter()
@@ -87,7 +102,8 @@ class Control:
         self.in_flight += 1
         self.peak_concurrent = max(self.peak_concurrent, self.in_flight)
 
-    def leave(self, status: int) -> None:
+    def leave(self, status: str) -> None:
+        """`status` is the HTTP status sent, or "reset" when the connection was aborted instead."""
         self.in_flight -= 1
         self.statuses[status] += 1
 
@@ -107,7 +123,7 @@ class Control:
         return {
             "requests": {"total": sum(self.requests.values()), "by_operation": by(self.requests, 0),
                          "by_principal": by(self.requests, 1), "by_operation_principal": nested(self.requests, 0, 1),
-                         "by_status": {str(k): v for k, v in self.statuses.items()}},
+                         "by_status": dict(self.statuses)},
             "signs": {"total": sum(self.signs.values()), "by_principal": by(self.signs, 0),
                       "by_key": by(self.signs, 1), "by_algorithm": by(self.signs, 2)},
             "tokens_issued": {"total": sum(self.tokens.values()), "by_principal": by(self.tokens, 0),

@@ -7,7 +7,6 @@ operation itself.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import rbac
 from .connections import Connections
-from .control import Control, Fault
+from .control import OPERATIONS, Control, Fault, sleep_at_least
 from .errors import JSON_TYPE, ServiceError, access_denied, bad_parameter
 from .store import Principal, Store
 from .tokens import RESOURCE, TokenAuthority, TokenError
@@ -78,7 +77,7 @@ class Hsm:
             request.state.principal = principal
             delay = self.control.latency_for(operation)
             if delay:
-                await asyncio.sleep(delay)
+                await sleep_at_least(delay)
             fault = self.control.take_fault(operation, STATUS_FAULTS)
             if fault is not None:
                 injected = await self._apply(fault, request)
@@ -113,9 +112,10 @@ class Hsm:
 
     async def _apply(self, fault: Fault, request: Request) -> Response | None:
         if fault.kind == "stall":
-            await asyncio.sleep(fault.stall_seconds)
+            await sleep_at_least(fault.stall_seconds)
             return None
         if fault.kind == "reset":
+            request.state.aborted = True
             self.connections.reset(request.client)
             return Response(b"", status_code=500)
         status, code, message = {
@@ -139,6 +139,7 @@ class Hsm:
 def operation(name: str, action: str, scope: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make a Starlette endpoint of a handler; `scope` is formatted with the path parameters."""
 
+    assert name in OPERATIONS, name  # the admin interface accepts only known names
     def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             hsm: Hsm = request.app.state.hsm
@@ -195,7 +196,7 @@ class ServiceHeaders:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            self.control.leave(status)
+            self.control.leave("reset" if scope["state"].get("aborted") else str(status))
 
 
 def not_found(request: Request, exc: Exception) -> Response:

@@ -6,18 +6,16 @@ endpoint. Errors use Entra's shape: `{"error", "error_description": "AADSTS…",
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .control import TOKEN_FAULTS, Control
+from .control import TOKEN_FAULTS, Control, sleep_at_least
 from .store import Principal, Store
 from .tokens import TokenAuthority
 
@@ -45,7 +43,7 @@ class Issuer:
     async def outage(self, endpoint: str) -> bool:
         delay = self.control.latency_for("token")
         if delay:
-            await asyncio.sleep(delay)
+            await sleep_at_least(delay)
         return self.control.take_fault("token", TOKEN_FAULTS) is not None
 
     def issue(self, principal: Principal, audience: str, endpoint: str) -> tuple[str, int]:

@@ -157,7 +157,7 @@ def serve(state_dir: Path, host: str, port: int, scenario: str, hsm_name: str, t
     servers = {
         name: _Server(uvicorn.Config(
             app, lifespan="off", log_level="warning", access_log=False, server_header=False,
-            timeout_keep_alive=120, timeout_graceful_shutdown=0.5,
+            timeout_keep_alive=120, timeout_graceful_shutdown=0.2,
             http=connections.protocol() if name == "hsm" else "httptools",
             **(tls if name in ("hsm", "login") else {})))
         for name, app in apps.items()

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from mhsm_emulator import launcher
 from mhsm_emulator.admin_client import EmulatorAdmin
 
 REPO = Path(__file__).resolve().parent.parent
-EMULATOR = [sys.executable, "-m", "mhsm_emulator.cli"]
+EMULATOR = [sys.executable, "-m", "mhsm_emulator.cli"]  # the command line, for tests of its flags
 # The SDK's default api-version, and the older one every conformance check runs with too.
 API_VERSIONS = ["2025-07-01", "7.5"]
 
 
-@dataclass
-class Emulator:
-    """A running `mhsm-emulator serve` process and what its emulator.json says."""
-
-    state_dir: Path
-    process: subprocess.Popen[bytes]
-    info: dict[str, Any] = field(default_factory=dict)
+class Emulator(launcher.Running):
+    """A running emulator, with Microsoft's SDK clients and bare httpx pointed at it."""
 
     @property
     def url(self) -> str:
@@ -80,32 +71,11 @@ class Emulator:
                             trust_env=False,
                             timeout=30.0)
 
-    def stop(self, timeout: float = 5.0) -> float:
-        """SIGTERM, wait, and return how long the process took to exit."""
-        started = time.monotonic()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        return time.monotonic() - started
-
 
 def start_emulator(state_dir: Path, *args: str, timeout: float = 30.0) -> Emulator:
     """Start `mhsm-emulator serve` and wait until it has published emulator.json."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log = open(state_dir / "emulator.log", "ab")
-    process = subprocess.Popen([*EMULATOR, "serve", "--state-dir", str(state_dir), *args],
-                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    info_file = state_dir / "emulator.json"
-    deadline = time.monotonic() + timeout
-    while not info_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"emulator exited with {process.returncode}: "
-                               f"{(state_dir / 'emulator.log').read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("emulator did not publish emulator.json in time")
-        time.sleep(0.05)
-    return Emulator(state_dir, process, json.loads(info_file.read_text()))
+    running = launcher.start(state_dir, *args, timeout=timeout)
+    return Emulator(running.state_dir, running.process, running.info)
 
 
 @pytest.fixture(scope="session", autouse=True)

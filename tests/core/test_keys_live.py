@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 from cryptography.hazmat.primitives import hashes

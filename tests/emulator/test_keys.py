@@ -3,7 +3,6 @@ scenarios and both api-versions; plus the keys API's answers to bad input."""
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from typing import Any
