@@ -125,8 +125,9 @@ class TokenCache:
             except (ClientAuthenticationError, CredentialUnavailableError, ValueError) as exc:
                 failures.append(f"{name}: {_first_line(str(exc))}")
         if not failures:
-            failures.append(f"no credential configured: set {CLIENT_ID_ENV} and {CLIENT_SECRET_ENV}, log in with "
-                            "the PIN '<client-id>:<client-secret>', or enable msi.identityMSI in the configuration")
+            raise AuthenticationError(f"could not get a token for Managed HSM: no credential configured; set "
+                                      f"{CLIENT_ID_ENV} and {CLIENT_SECRET_ENV}, log in with the PIN "
+                                      "'<client-id>:<client-secret>', or enable msi.identityMSI in the configuration")
         raise AuthenticationError("could not get a token for Managed HSM; tried " + "; ".join(failures))
 
     def _chain(self) -> list[tuple[str, Any]]:
