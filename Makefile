@@ -4,13 +4,18 @@
 PYTHON   ?= /usr/bin/python3.11
 VENV     := .venv
 STAMPS   := .stamps
-APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl
+# Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
+# Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine and nginx.
+APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
+            libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
 
 .PHONY: setup test demo clean
 
-setup: $(STAMPS)/venv
+PKCS11_SO := build/libmhsm-pkcs11.so
 
-$(STAMPS)/apt:
+setup: $(STAMPS)/venv $(PKCS11_SO)
+
+$(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt: installing $$missing"; \
@@ -24,6 +29,9 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[emulator,test]'
 	@touch $@
+
+$(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*)
+	$(VENV)/bin/python -m pkcs11_compat.build build
 
 test: setup
 	$(VENV)/bin/python -m pytest tests

@@ -41,12 +41,16 @@ def pkcs1(digest: bytes, hash_: str) -> tuple[str, bytes]:
     return _rsa("RS", digest, hash_name(hash_))
 
 
-def pkcs1_digest_info(digest_info: bytes) -> tuple[str, bytes]:
-    """CKM_RSA_PKCS input is DigestInfo ‖ digest; the HSM wants the bare digest and the RS algorithm."""
+def pkcs1_digest_info(digest_info: bytes, modulus_bytes: int) -> tuple[str, bytes]:
+    """CKM_RSA_PKCS input is usually DigestInfo ‖ digest: for SHA-2 the HSM gets the bare digest and the
+    RS algorithm. Any other block (a SHA-1 DigestInfo, TLS 1.0's MD5‖SHA-1) goes as it is with RSNULL,
+    which the service lists for raw PKCS#1 v1.5; it fits if it leaves room for the 11 padding bytes."""
     for name, prefix in DIGEST_INFO_PREFIX.items():
         if digest_info.startswith(prefix) and len(digest_info) == len(prefix) + HASHES[name].digest_size:
             return f"RS{name[3:]}", digest_info[len(prefix):]
-    raise InvalidArgument("CKM_RSA_PKCS input must be a DER DigestInfo of a SHA-256, SHA-384 or SHA-512 digest")
+    if 1 <= len(digest_info) <= modulus_bytes - 11:
+        return "RSNULL", digest_info
+    raise InvalidArgument(f"CKM_RSA_PKCS input is 1 to {modulus_bytes - 11} bytes for this key, got {len(digest_info)}")
 
 
 def pss(digest: bytes, hash_: str, mgf1_hash: str | None = None, salt_length: int | None = None) -> tuple[str, bytes]:
@@ -98,6 +102,12 @@ def der_to_raw(signature: bytes, curve: str) -> bytes:
 def verify(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, algorithm: str, digest: bytes,
            signature: bytes) -> bool:
     """Check a raw HSM-format signature locally with the public key."""
+    if algorithm == "RSNULL":
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        try:
+            return public_key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == digest
+        except (InvalidSignature, ValueError):
+            return False
     chosen = HASHES[ALGORITHM_HASH[algorithm]]
     prehashed = utils.Prehashed(chosen)
     try:

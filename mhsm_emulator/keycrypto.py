@@ -30,13 +30,15 @@ class SignatureAlgorithm:
     """One JWS signature algorithm as the service implements it."""
 
     name: str
-    family: str  # "RS", "PS" or "ES"
-    hash: hashes.HashAlgorithm
+    family: str  # "RS", "PS", "ES", or "RSNULL" (no hash: the caller's bytes are signed as they are)
+    hash: hashes.HashAlgorithm | None
     curve: str | None = None  # ES* are tied to one curve
 
-    @property
-    def digest_size(self) -> int:
-        return self.hash.digest_size
+    def accepts(self, value: bytes, key: "PrivateKey") -> bool:
+        """A digest of the hash's length; for RSNULL, 1 to k-11 bytes (what PKCS#1 v1.5 padding leaves)."""
+        if self.hash is None:
+            return 1 <= len(value) <= (key.key_size + 7) // 8 - 11
+        return len(value) == self.hash.digest_size
 
 
 SIGNATURE_ALGORITHMS: dict[str, SignatureAlgorithm] = {
@@ -52,6 +54,7 @@ SIGNATURE_ALGORITHMS: dict[str, SignatureAlgorithm] = {
         SignatureAlgorithm("ES256K", "ES", hashes.SHA256(), "P-256K"),
         SignatureAlgorithm("ES384", "ES", hashes.SHA384(), "P-384"),
         SignatureAlgorithm("ES512", "ES", hashes.SHA512(), "P-521"),
+        SignatureAlgorithm("RSNULL", "RSNULL", None),
     )
 }
 
@@ -98,6 +101,9 @@ def public_jwk(key: PrivateKey, crv: str | None) -> dict[str, str]:
 
 
 def sign(key: PrivateKey, alg: SignatureAlgorithm, digest: bytes, crv: str | None) -> bytes:
+    if alg.hash is None:
+        assert isinstance(key, rsa.RSAPrivateKey)
+        return _sign_unhashed(key, digest)
     prehashed = utils.Prehashed(alg.hash)
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(digest, _rsa_padding(alg), prehashed)
@@ -108,9 +114,12 @@ def sign(key: PrivateKey, alg: SignatureAlgorithm, digest: bytes, crv: str | Non
 
 
 def verify(key: PrivateKey, alg: SignatureAlgorithm, digest: bytes, signature: bytes, crv: str | None) -> bool:
-    prehashed = utils.Prehashed(alg.hash)
     public = key.public_key()
     try:
+        if alg.hash is None:
+            assert isinstance(public, rsa.RSAPublicKey)
+            return public.recover_data_from_signature(signature, padding.PKCS1v15(), None) == digest
+        prehashed = utils.Prehashed(alg.hash)
         if isinstance(public, rsa.RSAPublicKey):
             public.verify(signature, digest, _rsa_padding(alg), prehashed)
         else:
@@ -120,12 +129,24 @@ def verify(key: PrivateKey, alg: SignatureAlgorithm, digest: bytes, signature: b
             der = utils.encode_dss_signature(int.from_bytes(signature[:size], "big"),
                                              int.from_bytes(signature[size:], "big"))
             public.verify(der, digest, ec.ECDSA(prehashed))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         return False
     return True
 
 
+def _sign_unhashed(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
+    """RSNULL: PKCS#1 v1.5 type-1 padding around the caller's bytes, then the RSA private operation
+    (RFC 8017 §8.2.1 without the DigestInfo). `cryptography` always adds a DigestInfo when it signs,
+    so the padding is built here; the modular exponentiation is not constant-time, which a test
+    emulator can afford."""
+    size = (key.key_size + 7) // 8
+    encoded = b"\x00\x01" + b"\xff" * (size - 3 - len(data)) + b"\x00" + data
+    numbers = key.private_numbers()
+    return pow(int.from_bytes(encoded, "big"), numbers.d, numbers.public_numbers.n).to_bytes(size, "big")
+
+
 def _rsa_padding(alg: SignatureAlgorithm) -> padding.AsymmetricPadding:
     if alg.family == "PS":
-        return padding.PSS(mgf=padding.MGF1(alg.hash), salt_length=alg.digest_size)
+        assert alg.hash is not None
+        return padding.PSS(mgf=padding.MGF1(alg.hash), salt_length=alg.hash.digest_size)
     return padding.PKCS1v15()

@@ -238,10 +238,11 @@ def _algorithm(body: dict[str, Any], version: KeyVersion) -> keycrypto.Signature
     return alg
 
 
-def _digest(body: dict[str, Any], field: str, alg: keycrypto.SignatureAlgorithm) -> bytes:
+def _digest(body: dict[str, Any], field: str, alg: keycrypto.SignatureAlgorithm, version: KeyVersion) -> bytes:
     digest = _b64_field(body, field)
-    if len(digest) != alg.digest_size:
-        raise bad_parameter(f"Invalid digest length {len(digest)} for {alg.name}: expected {alg.digest_size} bytes.")
+    if not alg.accepts(digest, version.private_key):
+        expected = f"{alg.hash.digest_size} bytes" if alg.hash else "1 to (modulus length - 11) bytes"
+        raise bad_parameter(f"Invalid digest length {len(digest)} for {alg.name}: expected {expected}.")
     return digest
 
 
@@ -368,7 +369,7 @@ async def sign(request: Request, hsm: Hsm) -> Response:
     body = await json_body(request)
     _check_usable(version, "sign", lifetime=True)
     alg = _algorithm(body, version)
-    digest = _digest(body, "value", alg)
+    digest = _digest(body, "value", alg, version)
     signature = keycrypto.sign(version.private_key, alg, digest, version.crv)
     hsm.control.signs[(request.state.principal, version.name, alg.name)] += 1
     return json_response({"kid": _kid(request, version), "value": keycrypto.b64url(signature)})
@@ -380,7 +381,7 @@ async def verify(request: Request, hsm: Hsm) -> Response:
     body = await json_body(request)
     _check_usable(version, "verify", lifetime=False)
     alg = _algorithm(body, version)
-    digest = _digest(body, "digest", alg)
+    digest = _digest(body, "digest", alg, version)
     signature = _b64_field(body, "value")
     return json_response({"value": keycrypto.verify(version.private_key, alg, digest, signature, version.crv)})
 

@@ -36,7 +36,7 @@ def test_rsa_every_mechanism_and_digest(emulator: Emulator, library_for: Callabl
     public = key.public_key
     for name, (hasher, hash_alg) in HASHERS.items():
         digest = hasher(b"message").digest()
-        for algorithm, sized in (signing.pkcs1_digest_info(signing.DIGEST_INFO_PREFIX[name] + digest),
+        for algorithm, sized in (signing.pkcs1_digest_info(signing.DIGEST_INFO_PREFIX[name] + digest, key.size // 8),
                                  signing.pss(digest, name, name, hash_alg.digest_size)):
             signature = hsm.keys.sign(key, algorithm, sized)
             assert len(signature) == size // 8

@@ -28,13 +28,19 @@ def test_sha1_is_refused() -> None:
 def test_digest_info_unwrapped(hasher: object, alg: str) -> None:
     digest = hasher(b"m").digest()  # type: ignore[operator]
     name = "SHA" + alg[2:]
-    assert signing.pkcs1_digest_info(signing.DIGEST_INFO_PREFIX[name] + digest) == (alg, digest)
+    assert signing.pkcs1_digest_info(signing.DIGEST_INFO_PREFIX[name] + digest, 256) == (alg, digest)
 
 
-@pytest.mark.parametrize("blob", [b"\x00" * 51, signing.DIGEST_INFO_PREFIX["SHA256"] + b"\x00" * 31, b""])
-def test_bad_digest_info(blob: bytes) -> None:
-    with pytest.raises(InvalidArgument, match="DigestInfo"):
-        signing.pkcs1_digest_info(blob)
+@pytest.mark.parametrize("blob", [b"\x00" * 51, signing.DIGEST_INFO_PREFIX["SHA256"] + b"\x00" * 31, b"\x01" * 245])
+def test_other_blocks_go_unhashed(blob: bytes) -> None:
+    """Anything but a SHA-2 DigestInfo is signed as it is (RSNULL), if PKCS#1 padding leaves room."""
+    assert signing.pkcs1_digest_info(blob, 256) == ("RSNULL", blob)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01" * 246])
+def test_blocks_that_do_not_fit(blob: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="1 to 245 bytes"):
+        signing.pkcs1_digest_info(blob, 256)
 
 
 def test_pss_rules() -> None:

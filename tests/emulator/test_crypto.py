@@ -79,6 +79,23 @@ def test_wrong_digest_length_is_400(emulator: Emulator, api_version: str, key_na
     assert refused.value.status_code == 400 and refused.value.error.code == "BadParameter"
 
 
+@pytest.mark.parametrize("length, status", [(35, 200), (36, 200), (245, 200), (246, 400), (0, 400)])
+def test_rsnull_signs_the_callers_bytes(emulator: Emulator, api_version: str, key_name: str, length: int,
+                                        status: int) -> None:
+    """RSNULL (listed by the service for raw PKCS#1 v1.5): any block that leaves room for the padding."""
+    key = emulator.key_client(api_version=api_version).create_rsa_key(key_name, size=2048)
+    block = bytes(range(256))[:length]
+    with emulator.http() as http:
+        response = http.post(f"/keys/{key_name}/sign", params={"api-version": api_version},
+                             json={"alg": "RSNULL", "value": _b64(block)})
+    assert response.status_code == status, response.text
+    if status == 200:
+        signature = base64.urlsafe_b64decode(response.json()["value"] + "==")
+        assert _rsa_public(key).recover_data_from_signature(signature, padding.PKCS1v15(), None) == block
+    else:
+        assert "1 to (modulus length - 11) bytes" in response.json()["error"]["message"]
+
+
 def test_remote_verify_returns_a_boolean(emulator: Emulator, api_version: str, key_name: str) -> None:
     key = emulator.key_client(api_version=api_version).create_ec_key(key_name, curve="P-256")
     digest = hashlib.sha256(b"remote").digest()

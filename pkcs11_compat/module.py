@@ -1,0 +1,302 @@
+"""PKCS#11 state: the library per process, slots, sessions, login, and the calls on Python values.
+
+`entry.py` turns C arguments into the calls here and results back into C. Every method either
+returns or raises `CKRError`; core errors are mapped in `errors.py`. Locks: `Module.lock` guards the
+session table and login state and is never held across an HSM call; each session's lock serialises
+the operations on that session (two threads on one session wait for each other, as PKCS#11 asks
+of the application anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mhsm_core.errors import MhsmError
+from mhsm_core.hsm import Hsm, Library
+from mhsm_core.keys import HsmKey
+
+from . import objects, templates
+from .ck import CKRError, lib
+from .mechanisms import MECHANISMS, Operation
+from .objects import PRIVATE, PUBLIC, ObjectRef
+
+log = logging.getLogger("mhsm.pkcs11")
+VERSION = (0, 1)
+
+
+@dataclass
+class Session:
+    handle: int
+    slot_id: int
+    read_write: bool
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    found: list[int] | None = None  # an active C_FindObjects result, handed out in order
+    sign: Operation | None = None
+    verify: Operation | None = None
+
+
+class Module:
+    """One per process image; a forked child's first C_Initialize starts a fresh one on the same
+    library (config, credentials and CA stay as the parent read them)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pid: int | None = None  # the pid that initialised; None: not initialised
+        self.library: Library | None = None
+        self.sessions: dict[int, Session] = {}
+        self.logged_in: set[int] = set()
+        self.handles = objects.Handles()
+        self._session_numbers = itertools.count(1)
+
+    # -- general -----------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        with self.lock:
+            pid = os.getpid()
+            if self.pid == pid:
+                raise CKRError(lib.CKR_CRYPTOKI_ALREADY_INITIALIZED)
+            if self.library is None or self.library.pid == pid:
+                # First start, or a restart in the same process: read the configuration again. A
+                # forked child keeps the parent's: it may no longer be allowed to read the files.
+                self.library = Library.load()
+            self.sessions.clear()
+            self.logged_in.clear()
+            self.pid = pid
+
+    def finalize(self) -> None:
+        with self.lock:
+            self.loaded()
+            self.sessions.clear()
+            self.logged_in.clear()
+            self.pid = None
+
+    def loaded(self) -> Library:
+        """The loaded library, if C_Initialize ran in this process."""
+        if self.pid != os.getpid() or self.library is None:
+            raise CKRError(lib.CKR_CRYPTOKI_NOT_INITIALIZED)
+        return self.library
+
+    # -- slots and tokens --------------------------------------------------------------------------
+
+    def slot_ids(self) -> list[int]:
+        return sorted(self.loaded().hsms)
+
+    def hsm(self, slot_id: int) -> Hsm:
+        found = self.loaded().hsms.get(slot_id)
+        if found is None:
+            raise CKRError(lib.CKR_SLOT_ID_INVALID, f"no slot {slot_id} (tokens[].slotid in the configuration)")
+        return found
+
+    def token_serial(self, slot_id: int) -> str:
+        """16 characters that identify the HSM, stable across processes (for tools and URIs)."""
+        return hashlib.sha256(self.hsm(slot_id).token.base_url.encode()).hexdigest()[:16]
+
+    def session_counts(self, slot_id: int) -> tuple[int, int]:
+        with self.lock:
+            mine = [s for s in self.sessions.values() if s.slot_id == slot_id]
+            return len(mine), sum(s.read_write for s in mine)
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def open_session(self, slot_id: int, flags: int) -> int:
+        self.hsm(slot_id)
+        if not flags & lib.CKF_SERIAL_SESSION:
+            raise CKRError(lib.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+        with self.lock:
+            handle = next(self._session_numbers)
+            self.sessions[handle] = Session(handle, slot_id, bool(flags & lib.CKF_RW_SESSION))
+            return handle
+
+    def session(self, handle: int) -> Session:
+        self.loaded()
+        found = self.sessions.get(handle)
+        if found is None:
+            raise CKRError(lib.CKR_SESSION_HANDLE_INVALID, f"no session {handle}")
+        return found
+
+    def close_session(self, handle: int) -> None:
+        with self.lock:
+            session = self.session(handle)
+            del self.sessions[handle]
+            self._logout_if_last(session.slot_id)
+
+    def close_all_sessions(self, slot_id: int) -> None:
+        self.hsm(slot_id)
+        with self.lock:
+            for handle in [h for h, s in self.sessions.items() if s.slot_id == slot_id]:
+                del self.sessions[handle]
+            self._logout_if_last(slot_id)
+
+    def _logout_if_last(self, slot_id: int) -> None:
+        """PKCS#11: closing an application's last session on a token logs it out."""
+        if slot_id in self.logged_in and not any(s.slot_id == slot_id for s in self.sessions.values()):
+            self.logged_in.discard(slot_id)
+            self.hsm(slot_id).logout()
+
+    def session_state(self, session: Session) -> int:
+        user = session.slot_id in self.logged_in
+        if session.read_write:
+            return lib.CKS_RW_USER_FUNCTIONS if user else lib.CKS_RW_PUBLIC_SESSION
+        return lib.CKS_RO_USER_FUNCTIONS if user else lib.CKS_RO_PUBLIC_SESSION
+
+    def login(self, handle: int, user_type: int, pin: str) -> None:
+        session = self.session(handle)
+        if user_type == lib.CKU_CONTEXT_SPECIFIC:
+            raise CKRError(lib.CKR_OPERATION_NOT_INITIALIZED, "no key here needs a context-specific login")
+        if user_type != lib.CKU_USER:
+            raise CKRError(lib.CKR_USER_TYPE_INVALID, "only the normal user (CKU_USER) logs in to a Managed HSM")
+        with self.lock:
+            if session.slot_id in self.logged_in:
+                raise CKRError(lib.CKR_USER_ALREADY_LOGGED_IN)
+            hsm = self.hsm(session.slot_id)
+            if not hsm.login(pin):
+                log.warning("C_Login: the PIN is not <client-id>:<client-secret>; it is ignored and the "
+                            "environment's service principal or the managed identity is used")
+            self.logged_in.add(session.slot_id)
+        if pin and ":" in pin:
+            try:  # a PIN that carries a principal is proven now, so a wrong secret is CKR_PIN_INCORRECT
+                hsm.tokens.get()
+            except MhsmError as exc:
+                with self.lock:
+                    self.logged_in.discard(session.slot_id)
+                    hsm.logout()
+                raise CKRError(lib.CKR_PIN_INCORRECT, f"C_Login: the PIN's service principal got no token: {exc}")
+
+    def logout(self, handle: int) -> None:
+        session = self.session(handle)
+        with self.lock:
+            if session.slot_id not in self.logged_in:
+                raise CKRError(lib.CKR_USER_NOT_LOGGED_IN)
+            self.logged_in.discard(session.slot_id)
+            self.hsm(session.slot_id).logout()
+
+    # -- objects -----------------------------------------------------------------------------------
+
+    def _object(self, session: Session, handle: int) -> tuple[ObjectRef, HsmKey]:
+        ref = self.handles.ref(handle)
+        if ref.slot_id != session.slot_id:
+            raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, f"object {handle} is on another slot")
+        if ref.cls == PRIVATE and session.slot_id not in self.logged_in:
+            raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, "private objects are visible after C_Login")
+        return ref, self.hsm(ref.slot_id).keys.get(ref.key_name)
+
+    def object_attributes(self, handle: int, object_handle: int) -> dict[int, Any]:
+        session = self.session(handle)
+        ref, key = self._object(session, object_handle)
+        return objects.attributes(key, ref.cls)
+
+    def find_init(self, handle: int, template: dict[int, Any]) -> None:
+        session = self.session(handle)
+        with session.lock:
+            if session.found is not None:
+                raise CKRError(lib.CKR_OPERATION_ACTIVE, "C_FindObjectsFinal was not called")
+            classes = [c for c in (PRIVATE, PUBLIC) if template.get(lib.CKA_CLASS, c) == c]
+            if session.slot_id not in self.logged_in:
+                classes = [c for c in classes if c != PRIVATE]
+            found: list[int] = []
+            store = self.hsm(session.slot_id).keys
+            key_type = {lib.CKK_RSA: "RSA", lib.CKK_EC: "EC"}.get(template.get(lib.CKA_KEY_TYPE, -1))
+            if lib.CKA_KEY_TYPE in template and key_type is None:
+                classes = []
+            for cls in classes:
+                side = "private" if cls == PRIVATE else "public"
+                for key in store.find(label=template.get(lib.CKA_LABEL), key_id=template.get(lib.CKA_ID),
+                                      kty=key_type, side=side):
+                    values = objects.attributes(key, cls)
+                    if all(values.get(t) == v for t, v in template.items()):
+                        found.append(self.handles.handle(ObjectRef(session.slot_id, key.name, cls)))
+            session.found = found
+
+    def find_next(self, handle: int, limit: int) -> list[int]:
+        session = self.session(handle)
+        with session.lock:
+            if session.found is None:
+                raise CKRError(lib.CKR_OPERATION_NOT_INITIALIZED, "call C_FindObjectsInit first")
+            batch, session.found = session.found[:limit], session.found[limit:]
+            return batch
+
+    def find_final(self, handle: int) -> None:
+        session = self.session(handle)
+        with session.lock:
+            if session.found is None:
+                raise CKRError(lib.CKR_OPERATION_NOT_INITIALIZED, "call C_FindObjectsInit first")
+            session.found = None
+
+    def _writable(self, session: Session) -> None:
+        if not session.read_write:
+            raise CKRError(lib.CKR_SESSION_READ_ONLY, "token objects change only in a read/write session")
+        if session.slot_id not in self.logged_in:
+            raise CKRError(lib.CKR_USER_NOT_LOGGED_IN, "changing keys needs C_Login")
+
+    def set_attributes(self, handle: int, object_handle: int, template: dict[int, Any]) -> None:
+        session = self.session(handle)
+        self._writable(session)
+        ref, key = self._object(session, object_handle)
+        current = objects.attributes(key, ref.cls)
+        if not current[lib.CKA_MODIFIABLE]:
+            raise CKRError(lib.CKR_ACTION_PROHIBITED, "the object has CKA_MODIFIABLE false")
+        stored = templates.settable(template, current)
+        side = (stored, {}) if ref.cls == PRIVATE else ({}, stored)
+        self.hsm(ref.slot_id).keys.set_attributes(key, *side)
+
+    def generate_key_pair(self, handle: int, mechanism_type: int, public: dict[int, Any],
+                          private: dict[int, Any]) -> tuple[int, int]:
+        session = self.session(handle)
+        mech = MECHANISMS.get(mechanism_type)
+        if mech is None or mech.family != "keygen":
+            raise CKRError(lib.CKR_MECHANISM_INVALID, f"mechanism 0x{mechanism_type:x} does not generate key pairs")
+        self._writable(session)
+        request = templates.key_request(mech.kty, public, private)
+        key = self.hsm(session.slot_id).keys.create(mech.kty, **request)
+        log.info("C_GenerateKeyPair: created %s (%s %s) with label %r", key.name, key.kty, key.curve or key.size,
+                 key.label)
+        return (self.handles.handle(ObjectRef(session.slot_id, key.name, PUBLIC)),
+                self.handles.handle(ObjectRef(session.slot_id, key.name, PRIVATE)))
+
+    def random(self, handle: int, count: int) -> bytes:
+        session = self.session(handle)
+        return self.hsm(session.slot_id).keys.random(count) if count else b""
+
+    # -- sign and verify ---------------------------------------------------------------------------
+
+    def operation_init(self, handle: int, kind: str, mechanism_type: int, parameter: Any, parameter_length: int,
+                       key_handle: int) -> None:
+        session = self.session(handle)
+        with session.lock:
+            if getattr(session, kind) is not None:
+                raise CKRError(lib.CKR_OPERATION_ACTIVE, f"a {kind} operation is already active on this session")
+            try:
+                ref, key = self._object(session, key_handle)
+            except CKRError as exc:
+                raise CKRError(lib.CKR_KEY_HANDLE_INVALID, str(exc)) from None
+            if kind == "sign" and (ref.cls != PRIVATE or "sign" not in key.key_ops):
+                raise CKRError(lib.CKR_KEY_FUNCTION_NOT_PERMITTED, "signing needs a private key with CKA_SIGN")
+            if kind == "verify" and "verify" not in key.key_ops and ref.cls == PUBLIC:
+                raise CKRError(lib.CKR_KEY_FUNCTION_NOT_PERMITTED, "verifying needs a key with CKA_VERIFY")
+            setattr(session, kind, Operation.start(mechanism_type, parameter, parameter_length, key))
+
+    def step(self, handle: int, kind: str, body: Callable[[Session, Operation], bool]) -> None:
+        """Run one call of the active operation; it stays active only if `body` says so (a length
+        query, CKR_BUFFER_TOO_SMALL, an update). Any error ends it: no session is left wedged."""
+        session = self.session(handle)
+        with session.lock:
+            op = getattr(session, kind)
+            if op is None:
+                raise CKRError(lib.CKR_OPERATION_NOT_INITIALIZED, f"call C_{kind.capitalize()}Init first")
+            keep = False
+            try:
+                keep = body(session, op)
+            finally:
+                if not keep:
+                    setattr(session, kind, None)
+
+    def sign(self, session: Session, op: Operation, data: bytes | None) -> bytes:
+        """The HSM's signature over what the operation collected (and `data`, if single-part)."""
+        algorithm, digest = op.hsm_request(op.finish_input(data))
+        return self.hsm(session.slot_id).keys.sign(op.key, algorithm, digest)
