@@ -175,9 +175,10 @@ def C_GetTokenInfo(slot_id: int, info: Any) -> None:
     _text(info.manufacturerID, "Microsoft Azure")
     _text(info.model, "Managed HSM")
     _text(info.serialNumber, MODULE.token_serial(slot_id))
-    # Login is required so that libp11 logs in (with the empty PIN of the official deployment line,
-    # or a <client-id>:<client-secret> PIN) before it looks for private keys.
-    info.flags = (lib.CKF_RNG | lib.CKF_LOGIN_REQUIRED | lib.CKF_USER_PIN_INITIALIZED | lib.CKF_TOKEN_INITIALIZED)
+    # No CKF_LOGIN_REQUIRED: the process proves itself to the HSM with its Entra credential, not a
+    # PIN. With the flag, libp11 reads the official line's empty `pin-value=` as "no PIN" and fails
+    # trying to prompt; without it, libp11 finds and uses the key as it does with the official library.
+    info.flags = lib.CKF_RNG | lib.CKF_USER_PIN_INITIALIZED | lib.CKF_TOKEN_INITIALIZED
     info.ulMaxSessionCount = info.ulMaxRwSessionCount = lib.CK_EFFECTIVELY_INFINITE
     info.ulSessionCount, info.ulRwSessionCount = sessions, rw_sessions
     info.ulMaxPinLen, info.ulMinPinLen = 1024, 0

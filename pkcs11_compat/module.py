@@ -182,8 +182,6 @@ class Module:
         ref = self.handles.ref(handle)
         if ref.slot_id != session.slot_id:
             raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, f"object {handle} is on another slot")
-        if ref.cls == PRIVATE and session.slot_id not in self.logged_in:
-            raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, "private objects are visible after C_Login")
         return ref, self.hsm(ref.slot_id).keys.get(ref.key_name)
 
     def object_attributes(self, handle: int, object_handle: int) -> dict[int, Any]:
@@ -197,8 +195,6 @@ class Module:
             if session.found is not None:
                 raise CKRError(lib.CKR_OPERATION_ACTIVE, "C_FindObjectsFinal was not called")
             classes = [c for c in (PRIVATE, PUBLIC) if template.get(lib.CKA_CLASS, c) == c]
-            if session.slot_id not in self.logged_in:
-                classes = [c for c in classes if c != PRIVATE]
             found: list[int] = []
             store = self.hsm(session.slot_id).keys
             key_type = {lib.CKK_RSA: "RSA", lib.CKK_EC: "EC"}.get(template.get(lib.CKA_KEY_TYPE, -1))
@@ -229,10 +225,9 @@ class Module:
             session.found = None
 
     def _writable(self, session: Session) -> None:
+        """Keys change in read/write sessions; whether the identity may change them is the HSM's call."""
         if not session.read_write:
             raise CKRError(lib.CKR_SESSION_READ_ONLY, "token objects change only in a read/write session")
-        if session.slot_id not in self.logged_in:
-            raise CKRError(lib.CKR_USER_NOT_LOGGED_IN, "changing keys needs C_Login")
 
     def set_attributes(self, handle: int, object_handle: int, template: dict[int, Any]) -> None:
         session = self.session(handle)

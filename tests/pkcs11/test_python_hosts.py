@@ -56,10 +56,10 @@ from pkcs11 import Attribute, KeyType
 from pkcs11.util.ec import encode_named_curve_parameters
 module, pin, label = sys.argv[1:4]
 with pkcs11.lib(module).get_token(token_label="localhsm").open(user_pin=pin, rw=True) as session:
-    session.generate_keypair(KeyType.RSA, 2048, store=True, label=label + "-rsa")
+    session.generate_keypair(KeyType.RSA, 2048, store=True, label=label + "-rsa", id=label.encode())
     params = session.create_domain_parameters(
         KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp384r1")}, local=True)
-    params.generate_keypair(store=True, label=label + "-ec")
+    params.generate_keypair(store=True, label=label + "-ec", id=label.encode() + b"-ec")
     for suffix in ("-rsa", "-ec"):
         key = session.get_key(label=label + suffix, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
         print(label + suffix, key.key_type.name, key[Attribute.SENSITIVE], key[Attribute.EXTRACTABLE])
