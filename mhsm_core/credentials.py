@@ -142,14 +142,16 @@ class TokenCache:
             verify: Any = False if options.disable_tls_authentication else (options.ca_file or True)
             authority = self._config.auth.authority
             custom = authority.rstrip("/") != DEFAULT_AUTHORITY
-            principals = [p for p in (self._principal, principal_from_env()) if p is not None]
+            # A PIN-carried principal stands alone: falling back to the environment's would hide a
+            # wrong PIN behind another identity.
+            principals = [self._principal] if self._principal else [p for p in (principal_from_env(),) if p]
             for principal in principals:
                 credential = ClientSecretCredential(
                     self._tenant(), principal.client_id, principal.client_secret, authority=authority,
                     disable_instance_discovery=custom, connection_verify=verify)
                 self._credentials.append((f"service principal {principal.client_id} (from {principal.source})",
                                           credential))
-            if self._config.msi.enabled:
+            if self._config.msi.enabled and not self._principal:
                 self._credentials.append(self._managed_identity(verify))
         return self._credentials
 
