@@ -39,8 +39,11 @@ def _entry(function: Callable[..., None]) -> Callable[..., int]:
     @functools.wraps(function)
     def handler(*args: Any) -> int:
         try:
-            rv = function(*args)
-            return lib.CKR_OK if rv is None else rv
+            result = function(*args)
+            rv = lib.CKR_OK if result is None else result
+            if log.isEnabledFor(logging.DEBUG):  # the official log.module.FunctionLevelTrace: every call
+                log.debug("%s: %s", name, name_of("CKR_", rv))
+            return rv
         except CKRError as exc:
             log.debug("%s: %s (%s)", name, name_of("CKR_", exc.rv), exc)
             return exc.rv
