@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -116,6 +116,18 @@ def emulator(request: pytest.FixtureRequest) -> Emulator:
     emu: Emulator = request.getfixturevalue(request.param)
     os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = emu.info["ca_file"]
     return emu
+
+
+@pytest.fixture
+def trust(monkeypatch: pytest.MonkeyPatch) -> Callable[[Emulator], Emulator]:
+    """`trust(emu)`: both TLS stacks the SDKs use trust this emulator's CA for the rest of the test."""
+
+    def trusting(emu: Emulator) -> Emulator:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", emu.info["ca_file"])
+        monkeypatch.setenv("SSL_CERT_FILE", emu.info["ca_file"])
+        return emu
+
+    return trusting
 
 
 @pytest.fixture(params=API_VERSIONS)

@@ -1,15 +1,20 @@
 """Debian 12's nginx 1.22 with the libp11 engine and the official deployment line, on our module.
 
-The master (root) loads the keys; 4 workers running as `nobody` sign. The workers cannot read the
-configuration, the CA file or the credentials' files (pytest's directories are root-only): what the
-master read before forking must stay usable. Every handshake is checked against the certificate,
-and the emulator must have counted exactly one sign per handshake.
+The master (root) loads the keys; 4 workers running as `nobody` (nginx's default user) sign. The
+workers cannot read the configuration, the CA file or the credentials' files (pytest's directories
+are root-only): what the master read before forking must stay usable. nginx gets no CA bundle
+variable (SSL_CERT_FILE...): the module trusts the emulator through its configuration's CAFile only.
+`ssl_engine pkcs11;` is not needed: the `engine:` prefix loads the engine OPENSSL_CONF declares.
+Every handshake is checked against the certificate, and the emulator must have counted exactly one
+sign per handshake (no session cache, no tickets: every handshake is a full one).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
+import pwd
 import signal
 import socket
 import ssl
@@ -61,7 +66,8 @@ class LocalCA:
                 .issuer_name(self.cert.subject).public_key(pair.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                 .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
                 .sign(self.key, hashes.SHA256()))
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert
@@ -101,6 +107,15 @@ class Nginx:
                 return now
             time.sleep(0.1)
         raise AssertionError(f"workers did not come up: {self.log.read_text()}")
+
+    def users(self) -> set[int]:
+        """The real uids the workers run as."""
+        uids = set()
+        for pid in self.workers():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    uids.add(int(line.split()[1]))
+        return uids
 
     def reload(self) -> None:
         self.process.send_signal(signal.SIGHUP)
@@ -147,7 +162,8 @@ http {{
 {''.join(servers)}
 }}
 """)
-    env = {**p11.env, "OPENSSL_CONF": str(openssl_conf(p11, tmp_path / "openssl.cnf"))}
+    env = {k: v for k, v in p11.env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env["OPENSSL_CONF"] = str(openssl_conf(p11, tmp_path / "openssl.cnf"))
     os.chmod(tmp_path, 0o700)  # the workers (nobody) may not read anything the master read
     nginx = Nginx(tmp_path, conf, env)
     try:
@@ -156,13 +172,18 @@ http {{
         nginx.stop()
 
 
-def handshake(port: int, version: ssl.TLSVersion, ca_file: Path) -> tuple[bytes, str]:
-    """One full handshake (no resumption) and a GET; returns the server's certificate and the body."""
+def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:
+    """One full handshake (no resumption), the chain and `name` verified, and a GET; returns the
+    server's certificate (DER) and the response."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.minimum_version = context.maximum_version = version
+    if version == ssl.TLSVersion.TLSv1_2:  # the key signs the ECDHE parameters
+        context.set_ciphers({"RSA": "ECDHE-RSA-AES128-GCM-SHA256", "EC": "ECDHE-ECDSA-AES128-GCM-SHA256"}[kind])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
             assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+            cipher = (tls.cipher() or ("",))[0]
+            assert cipher.startswith("TLS_" if version == ssl.TLSVersion.TLSv1_3 else f"ECDHE-{kind.replace('EC', 'ECDSA')}-")
             tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
             response = b""
             while chunk := tls.recv(4096):
@@ -173,12 +194,13 @@ def handshake(port: int, version: ssl.TLSVersion, ca_file: Path) -> tuple[bytes,
 def test_nginx_libp11_engine_official_line(p11: P11, served: tuple[Nginx, dict[str, tuple[int, bytes]], Path]) -> None:
     nginx, ports, ca_file = served
     workers = nginx.wait_for_workers()
+    assert nginx.users() == {pwd.getpwnam("nobody").pw_uid}, "the workers dropped root"
     before, done = p11.signs(), 0
     for round_ in range(RELOADS + 1):
         for kind, version in CASES:
-            for _ in range(PER_CASE):
+            for name in ("localhost", "127.0.0.1")[:PER_CASE]:  # the DNS and the IP subjectAltName
                 port, expected_cert = ports[kind]
-                cert, response = handshake(port, version, ca_file)
+                cert, response = handshake(port, kind, version, ca_file, name)
                 assert cert == expected_cert and response.startswith("HTTP/1.1 200") and response.endswith("ok")
                 done += 1
         if round_ < RELOADS:
@@ -187,4 +209,23 @@ def test_nginx_libp11_engine_official_line(p11: P11, served: tuple[Nginx, dict[s
     assert done == (RELOADS + 1) * len(CASES) * PER_CASE == 48
     assert p11.signs() - before == done, "one HSM sign per handshake"
     log = nginx.log.read_text()
-    assert "[crit]" not in log and "[emerg]" not in log and "[alert]" not in log, log
+    assert not any(f"[{level}]" in log for level in ("emerg", "alert", "crit", "error", "warn")), log
+
+
+def test_openssl_engine_sample_csr(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> None:
+    """The sample engine configuration with the openssl CLI: the engine loads and initialises the
+    module, and the documented CSR command signs with each HSM key (one HSM sign per CSR)."""
+    env = {**p11.env, "OPENSSL_CONF": str(openssl_conf(p11, tmp_path / "openssl.cnf"))}
+    tested = p11.run("openssl", "engine", "-t", "pkcs11", env=env).stdout
+    assert "(pkcs11)" in tested and "[ available ]" in tested, tested
+    for kind, pair in pairs.items():
+        before = p11.signs()
+        out = tmp_path / f"{kind}.csr"
+        p11.run("openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine", "-key",
+                f"pkcs11:object={pair.label};type=private;pin-value=", "-subj", "/CN=tls.example.com",
+                "-sha256", "-out", str(out), env=env)
+        csr = x509.load_pem_x509_csr(out.read_bytes())
+        assert csr.is_signature_valid
+        assert csr.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo) == pair.public_der
+        assert p11.signs() - before == 1
