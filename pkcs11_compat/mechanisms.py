@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# cryptography's ECDSA() imports its OpenSSL backend on first use, i.e. in the first sign. A fork
+# while another thread is inside that import leaves the child's first sign waiting forever on the
+# import's lock; importing it here (in C_Initialize) leaves no import for signing threads to be in.
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -141,8 +145,9 @@ class Operation:
                 return signing.pss(data, self.pss[0], self.pss[1], self.pss[2])
             return signing.ecdsa(data, self.key.curve or "")
         except InvalidArgument as exc:
-            code = lib.CKR_DATA_INVALID if family == "pkcs1" else lib.CKR_DATA_LEN_RANGE
-            raise CKRError(code, str(exc)) from None
+            # Every input refused here has a bad length (a CKM_RSA_PKCS block over k-11 bytes or
+            # empty, a digest of the wrong size): PKCS#11 says CKR_DATA_LEN_RANGE for all of them.
+            raise CKRError(lib.CKR_DATA_LEN_RANGE, str(exc)) from None
 
     def verify(self, data: bytes, signature: bytes) -> None:
         """Raises CKR_SIGNATURE_LEN_RANGE or CKR_SIGNATURE_INVALID unless the signature is good."""

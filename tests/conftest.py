@@ -36,6 +36,7 @@ class Emulator(launcher.Running):
         from azure.identity import ClientSecretCredential
 
         p = self.principal(name)
+        kwargs.setdefault("connection_verify", self.info["ca_file"])
         return ClientSecretCredential(self.info["tenant_id"], p["client_id"], p["client_secret"],
                                       authority=self.info["authority"], disable_instance_discovery=True, **kwargs)
 
@@ -43,19 +44,22 @@ class Emulator(launcher.Running):
         from azure.keyvault.keys import KeyClient
 
         extra = {"api_version": api_version} if api_version else {}
-        return KeyClient(self.url, self.credential(name), verify_challenge_resource=False, **extra, **kwargs)
+        return KeyClient(self.url, self.credential(name), verify_challenge_resource=False,
+                         connection_verify=self.info["ca_file"], **extra, **kwargs)
 
     def crypto_client(self, key: Any, name: str = "keygen", api_version: str | None = None) -> Any:
         from azure.keyvault.keys.crypto import CryptographyClient
 
         extra = {"api_version": api_version} if api_version else {}
-        return CryptographyClient(key, self.credential(name), verify_challenge_resource=False, **extra)
+        return CryptographyClient(key, self.credential(name), verify_challenge_resource=False,
+                                  connection_verify=self.info["ca_file"], **extra)
 
     def access_client(self, name: str = "admin", api_version: str | None = None) -> Any:
         from azure.keyvault.administration import KeyVaultAccessControlClient
 
         extra = {"api_version": api_version} if api_version else {}
-        return KeyVaultAccessControlClient(self.url, self.credential(name), verify_challenge_resource=False, **extra)
+        return KeyVaultAccessControlClient(self.url, self.credential(name), verify_challenge_resource=False,
+                                           connection_verify=self.info["ca_file"], **extra)
 
     def token(self, name: str, scope: str = "https://managedhsm.azure.net/.default") -> str:
         return self.credential(name).get_token(scope).token

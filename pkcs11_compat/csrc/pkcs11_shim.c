@@ -43,7 +43,9 @@ CK_RV C_Initialize(void *init_args)
     embed_enter(&guard);
     CK_RV rv = py_C_Initialize(init_args); /* Python keeps its own per-pid state and lock */
     embed_leave(&guard);
-    if (rv == CKR_OK)
+    /* ALREADY_INITIALIZED: another thread's C_Initialize won the race and has finished in Python
+     * (it held the lock), but may not have set the flag yet; the library is initialised either way. */
+    if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
         __atomic_store_n(&shim_initialized_pid, getpid(), __ATOMIC_RELEASE);
     return rv;
 }

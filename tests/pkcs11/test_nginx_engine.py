@@ -20,8 +20,8 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -50,7 +50,7 @@ class LocalCA:
     def __init__(self, directory: Path) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mhsm test CA")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
                      .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                      .not_valid_after(now + dt.timedelta(days=1))
@@ -60,7 +60,7 @@ class LocalCA:
         self.file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, pair: Pair, path: Path) -> x509.Certificate:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
                 .issuer_name(self.cert.subject).public_key(pair.public_key())
@@ -179,16 +179,16 @@ def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name
     context.minimum_version = context.maximum_version = version
     if version == ssl.TLSVersion.TLSv1_2:  # the key signs the ECDHE parameters
         context.set_ciphers({"RSA": "ECDHE-RSA-AES128-GCM-SHA256", "EC": "ECDHE-ECDSA-AES128-GCM-SHA256"}[kind])
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
-            cipher = (tls.cipher() or ("",))[0]
-            assert cipher.startswith("TLS_" if version == ssl.TLSVersion.TLSv1_3 else f"ECDHE-{kind.replace('EC', 'ECDSA')}-")
-            tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            response = b""
-            while chunk := tls.recv(4096):
-                response += chunk
-            return tls.getpeercert(binary_form=True) or b"", response.decode()
+    with (socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+          context.wrap_socket(raw, server_hostname=name) as tls):
+        assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+        cipher = (tls.cipher() or ("",))[0]
+        assert cipher.startswith("TLS_" if version == ssl.TLSVersion.TLSv1_3 else f"ECDHE-{kind.replace('EC', 'ECDSA')}-")
+        tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        response = b""
+        while chunk := tls.recv(4096):
+            response += chunk
+        return tls.getpeercert(binary_form=True) or b"", response.decode()
 
 
 def test_nginx_libp11_engine_official_line(p11: P11, served: tuple[Nginx, dict[str, tuple[int, bytes]], Path]) -> None:
@@ -229,3 +229,35 @@ def test_openssl_engine_sample_csr(p11: P11, pairs: dict[str, Pair], tmp_path: P
         assert csr.public_key().public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo) == pair.public_der
         assert p11.signs() - before == 1
+
+
+def test_nginx_sample_conf(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> None:
+    """conf/nginx-engine.conf as shipped, only its port, certificate and key label replaced, serves
+    verified TLS 1.3 and 1.2 with the HSM key."""
+    ca, port = LocalCA(tmp_path), free_port()
+    expected = ca.issue(pairs["RSA"], tmp_path / "tls.crt").public_bytes(serialization.Encoding.DER)
+    sample = (REPO / "conf" / "nginx-engine.conf").read_text()
+    for old, new in (("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+                     ("/etc/nginx/tls.example.com.crt", str(tmp_path / "tls.crt")),
+                     ("object=tlsKey;", f"object={pairs['RSA'].label};")):
+        assert sample.count(old) == 1, old
+        sample = sample.replace(old, new)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"worker_processes {WORKERS};\ndaemon off;\npid {tmp_path / 'nginx.pid'};\n"
+                    f"error_log {tmp_path / 'error.log'} info;\n{sample}")
+    (tmp_path / "logs").mkdir()  # the default access log, under the prefix
+    env = {k: v for k, v in p11.env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env["OPENSSL_CONF"] = str(openssl_conf(p11, tmp_path / "openssl.cnf"))
+    os.chmod(tmp_path, 0o700)
+    nginx = Nginx(tmp_path, conf, env)
+    try:
+        nginx.wait_for_workers()
+        before = p11.signs()
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            cert, response = handshake(port, "RSA", version, ca.file, "localhost")
+            assert cert == expected and response.startswith("HTTP/1.1 200") and "never left the HSM" in response
+        assert p11.signs() - before == 2
+    finally:
+        nginx.stop()
+    log = nginx.log.read_text()
+    assert not any(f"[{level}]" in log for level in ("emerg", "alert", "crit", "error", "warn")), log
