@@ -41,6 +41,8 @@ FORWARDED = (
     "C_SignUpdate", "C_SignFinal", "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal",
 )
 HAND_WRITTEN = ("C_Initialize", "C_Finalize", "C_GetFunctionList")
+# PKCS#11 2.40 §5.16: the legacy parallel-function calls "should simply return CKR_FUNCTION_NOT_PARALLEL".
+LEGACY = ("C_GetFunctionStatus", "C_CancelFunction")
 PYTHON_ENTRIES = FORWARDED + ("C_Initialize", "C_Finalize")
 
 
@@ -95,7 +97,8 @@ def generated_c(protos: dict[str, str]) -> str:
             out.append(f"CK_RV {name}({params}) {{ SHIM_FORWARD(py_{name}({', '.join(args)})); }}")
         elif name not in HAND_WRITTEN:
             unused = " ".join(f"(void){a};" for a in args)
-            out.append(f"CK_RV {name}({params}) {{ {unused} return shim_not_supported(); }}")
+            stub = "shim_not_parallel" if name in LEGACY else "shim_not_supported"
+            out.append(f"CK_RV {name}({params}) {{ {unused} return {stub}(); }}")
     out.append("static CK_FUNCTION_LIST shim_function_list = { .version = {2, 40},")
     out.extend(f"    .{name} = {name}," for name in protos)
     out.append("};")

@@ -21,6 +21,11 @@ static CK_RV shim_not_supported(void)
     return shim_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
 }
 
+static CK_RV shim_not_parallel(void)
+{
+    return shim_initialized() ? CKR_FUNCTION_NOT_PARALLEL : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
 /* Every forwarded call: refuse before C_Initialize, then call Python with SIGPIPE blocked. */
 #define SHIM_FORWARD(call)                                                                         \
     do {                                                                                           \

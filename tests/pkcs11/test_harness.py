@@ -48,8 +48,8 @@ def run(harness: Path, p11: P11, scenario: str, pairs: dict[str, Pair],
                             env=p11.env, capture_output=True, text=True, timeout=120)
     lines = result.stdout.splitlines()
     failed = [line for line in lines if line.startswith("FAIL")]
-    assert result.returncode == 0 and not failed, (
-        f"{scenario} exited {result.returncode}\n" + "\n".join(failed) + f"\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    assert result.returncode == 0 and not failed, "\n".join(
+        [f"{scenario} exited {result.returncode}", *failed, result.stdout[-3000:], result.stderr[-3000:]])
     assert sum(line.startswith("ok ") for line in lines) >= 3, result.stdout
     verify_printed(lines, pairs)
     if extra_signs is not None:
