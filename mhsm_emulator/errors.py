@@ -62,5 +62,8 @@ def deleted_key_not_found(name: str) -> ServiceError:
 
 
 def access_denied(action: str, scope: str) -> ServiceError:
+    """The service quotes a key scope (`keys/create on '/keys'`) but not a role-API one
+    (`roleAssignments/read/action on /`), as the real messages in the reference (§6) show."""
+    where = scope if action.startswith(("roleAssignments/", "roleDefinitions/")) else f"'{scope}'"
     return ServiceError(403, "AccessDenied",
-                        f"Not authorized to access Microsoft.KeyVault/managedHsm/{action} on '{scope}'")
+                        f"Not authorized to access Microsoft.KeyVault/managedHsm/{action} on {where}")

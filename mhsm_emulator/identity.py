@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
+import uuid
+from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +27,13 @@ def _error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=status)
 
 
+def _app_service_error(status: int, error: str, description: str) -> JSONResponse:
+    """App Service answers errors in its own shape, the one MSAL reads ("statusCode, message"):
+    `{"statusCode": 400, "message": "Unable to load the proper Managed Identity.", "correlationId": …}`."""
+    return JSONResponse({"statusCode": status, "message": description, "correlationId": str(uuid.uuid4())},
+                        status_code=status)
+
+
 def _identity(issuer: Issuer, client_id: str | None) -> Principal | None:
     if not client_id:
         return issuer.store.principal_named("system-assigned")
@@ -34,15 +42,16 @@ def _identity(issuer: Issuer, client_id: str | None) -> Principal | None:
 
 
 async def _grant(request: Request, endpoint: str, resource: str | None, client_id: str | None,
-                 shape: Any) -> Response:
+                 shape: Any, error: Callable[[int, str, str], JSONResponse] = _error) -> Response:
     issuer: Issuer = request.app.state.issuer
     if await issuer.outage(endpoint):
-        return _error(503, "service_unavailable", "The managed identity endpoint is temporarily unavailable.")
+        return error(503, "service_unavailable", "The managed identity endpoint is temporarily unavailable.")
     if not resource:
-        return _error(400, "invalid_request", "Required query variable 'resource' is missing")
+        return error(400, "invalid_request", "Required query variable 'resource' is missing")
     principal = _identity(issuer, client_id)
     if principal is None:
-        return _error(400, "invalid_request", "Identity not found")
+        return error(400, "invalid_request", "Unable to load the proper Managed Identity."
+                     if error is _app_service_error else "Identity not found")
     access_token, expires_at = issuer.issue(principal, resource, endpoint)
     return JSONResponse(shape(access_token, expires_at, resource, principal))
 
@@ -51,11 +60,12 @@ async def app_service(request: Request) -> Response:
     issuer: Issuer = request.app.state.issuer
     if not hmac.compare_digest(request.headers.get("x-identity-header", "").encode(),
                                issuer.store.meta["identity_header"].encode()):
-        return _error(401, "unauthorized", "The X-IDENTITY-HEADER header is missing or wrong.")
+        return _app_service_error(401, "unauthorized", "The X-IDENTITY-HEADER header is missing or wrong.")
     q = request.query_params
     return await _grant(request, "app_service", q.get("resource"), q.get("client_id"),
                         lambda tok, exp, res, p: {"access_token": tok, "expires_on": str(exp), "resource": res,
-                                                  "token_type": "Bearer", "client_id": p.client_id})
+                                                  "token_type": "Bearer", "client_id": p.client_id},
+                        error=_app_service_error)
 
 
 async def imds(request: Request) -> Response:

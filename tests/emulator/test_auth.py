@@ -7,6 +7,7 @@ token endpoint's errors in Entra's own shape.
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import jwt
 import pytest
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 # The SDK caches each authority's challenge for the whole process (reference §8.1, step 6); forgetting
@@ -85,7 +86,8 @@ def test_sdk_first_call_is_bodiless_then_succeeds(emulator: Emulator, api_versio
     assert count(after, "anonymous") == count(before, "anonymous") + 1
     assert count(after, "keygen") == count(before, "keygen") + 1
     assert after["requests"]["by_status"]["401"] == before["requests"]["by_status"].get("401", 0) + 1
-    assert after["tokens_issued"]["by_principal"]["keygen"] == before["tokens_issued"]["by_principal"].get("keygen", 0) + 1
+    assert after["tokens_issued"]["by_principal"]["keygen"] == \
+        before["tokens_issued"]["by_principal"].get("keygen", 0) + 1
 
     # The challenge is now cached: a second client for the same authority sends its token at once.
     sent.clear()
@@ -108,11 +110,16 @@ def test_tenant_mismatch_and_the_escape_hatch(emulator: Emulator, api_version: s
         return KeyClient(emulator.url, credential, verify_challenge_resource=False, api_version=api_version,
                          connection_verify=emulator.info["ca_file"])
 
-    before = emulator.admin.counters()["tokens_issued"]["by_principal"].get("keygen", 0)
+    http_challenge_cache.remove_challenge_for_url(emulator.url)  # the tenant must come from a fresh challenge
+    counters = emulator.admin.counters()
+    before = counters["tokens_issued"]["by_principal"].get("keygen", 0)
+    challenged = counters["requests"]["by_principal"].get("anonymous", 0)
     with pytest.raises(ClientAuthenticationError) as refused:
         list(client().list_properties_of_keys(max_page_size=1))
     assert f"not configured to acquire tokens for tenant {emulator.info['tenant_id']}" in str(refused.value)
-    assert emulator.admin.counters()["tokens_issued"]["by_principal"].get("keygen", 0) == before
+    counters = emulator.admin.counters()
+    assert counters["requests"]["by_principal"]["anonymous"] == challenged + 1, "one challenge, then nothing"
+    assert counters["tokens_issued"]["by_principal"].get("keygen", 0) == before
 
     keys = list(client(additionally_allowed_tenants=["*"]).list_properties_of_keys(max_page_size=25))
     assert isinstance(keys, list)
@@ -158,7 +165,7 @@ def test_token_for_another_audience_gets_401(emulator: Emulator, api_version: st
 
 def test_sdk_with_a_vault_token_is_refused(emulator: Emulator, api_version: str) -> None:
     """Check 3 through the SDK: a credential that hands out Key Vault tokens whatever it is asked for
-    makes the KeyClient fail with 401, after the one extra round the 401 challenge triggers."""
+    makes the KeyClient fail with 401 (and the service's message) after the challenge round."""
     inner = emulator.credential("keygen")
 
     class VaultTokens:
@@ -168,21 +175,33 @@ def test_sdk_with_a_vault_token_is_refused(emulator: Emulator, api_version: str)
         def get_token_info(self, *scopes: str, options: Any = None) -> Any:
             return inner.get_token_info("https://vault.azure.net/.default")
 
-    from azure.core.exceptions import HttpResponseError
-
     client = KeyClient(emulator.url, VaultTokens(), verify_challenge_resource=False, api_version=api_version,
                        connection_verify=emulator.info["ca_file"])
+    http_challenge_cache.remove_challenge_for_url(emulator.url)
+    before = emulator.admin.counters()["requests"]["by_status"].get("401", 0)
     with pytest.raises(HttpResponseError) as refused:
         list(client.list_properties_of_keys(max_page_size=1))
     assert refused.value.status_code == 401
     assert "Found token with aud=https://vault.azure.net" in str(refused.value)
+    after = emulator.admin.counters()["requests"]["by_status"]["401"]
+    assert after == before + 2, "the bodiless challenge, then the one retry with the wrong token"
 
 
 # -- tokens the data plane must refuse ---------------------------------------------------------------
 
+@functools.cache
+def _load_key(path: Path) -> Any:
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
 def _signing_key(emulator: Emulator) -> Any:
-    return serialization.load_pem_private_key((Path(emulator.state_dir) / "token-signing-key.pem").read_bytes(),
-                                              password=None)
+    """The emulator's own RS256 token-signing key, from its state dir."""
+    return _load_key(Path(emulator.state_dir) / "token-signing-key.pem")
+
+
+@functools.cache
+def _foreign_key() -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def _mint(emulator: Emulator, key: Any = None, drop: tuple[str, ...] = (), **claims: Any) -> str:
@@ -205,13 +224,11 @@ REFUSED = {
     "other tenant": (lambda e: f"Bearer {_mint(e, tid=str(uuid.uuid4()))}", "Found token for tenant "),
     "other issuer": (lambda e: f"Bearer {_mint(e, iss='https://sts.windows.net/' + str(uuid.uuid4()) + '/')}",
                      "Invalid issuer"),
-    "foreign signature": (lambda e: "Bearer " + _mint(e, key=rsa.generate_private_key(public_exponent=65537,
-                                                                                      key_size=2048)),
-                          "Signature verification failed"),
+    "foreign signature": (lambda e: f"Bearer {_mint(e, key=_foreign_key())}", "Signature verification failed"),
     "unsigned": (lambda e: "Bearer " + jwt.encode(jwt.decode(_mint(e), options={"verify_signature": False}), None,
                                                   algorithm="none"), "Token validation failed"),
-    "expired": (lambda e: f"Bearer {_mint(e, iat=int(time.time()) - 7200, nbf=int(time.time()) - 7200, exp=int(time.time()) - 60)}",
-                "Token is expired"),
+    "expired": (lambda e: "Bearer " + _mint(e, iat=int(time.time()) - 7200, nbf=int(time.time()) - 7200,
+                                            exp=int(time.time()) - 60), "Token is expired"),
     "not yet valid": (lambda e: f"Bearer {_mint(e, nbf=int(time.time()) + 600)}", "not yet valid"),
     "no oid": (lambda e: f"Bearer {_mint(e, drop=('oid',))}", "oid"),
 }
@@ -259,6 +276,8 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """An emulator whose tokens live 2 s (`--token-lifetime 2`)."""
     emulator = start_emulator(tmp_path_factory.mktemp("short-lived"), "--scenario", "permissive",
                               "--token-lifetime", "2")
+    # A port can be reused by a later emulator; never let a stale cached challenge (another tenant) apply.
+    http_challenge_cache.remove_challenge_for_url(emulator.url)
     try:
         yield emulator
     finally:
