@@ -187,11 +187,11 @@ def parse(text: str, path: str = "<string>") -> Config:
     """Parse the JSON (or YAML) text of a config file; raise ConfigError listing every problem."""
     try:
         document = json.loads(text)
-    except ValueError:
+    except ValueError as json_error:
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(path, [f"not valid JSON or YAML: {exc}"]) from None
+            raise ConfigError(path, [f"not valid JSON or YAML: {_syntax_error(text, json_error, exc)}"]) from None
     if not isinstance(document, dict):
         raise ConfigError(path, [f"expected a JSON object at the top, got {_describe(document)}"])
     r = _Reader()
@@ -289,12 +289,26 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH)
 
 
-def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+def _syntax_error(text: str, json_error: ValueError, yaml_error: yaml.YAMLError) -> str:
+    """One line, where the mistake is: the JSON parser's for a JSON-looking file, else YAML's.
+
+    PyYAML's own message spans several lines with a caret drawing; a tool's error is one sentence.
+    """
+    if text.lstrip().startswith(("{", "[")):
+        return str(json_error)
+    problem = getattr(yaml_error, "problem", None) or str(yaml_error).splitlines()[0]
+    mark = getattr(yaml_error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def load(explicit: str | os.PathLike[str] | None = None, *, flag: str = "--conf") -> Config:
+    """Read and check the file given on the command line (`flag` names the option), else the
+    environment's, else the default path."""
     path = config_path(explicit)
     try:
         text = path.read_text()
     except OSError as exc:
-        where = "--conf" if explicit else (ENV_VAR if os.environ.get(ENV_VAR) else "the default path")
+        where = flag if explicit else (ENV_VAR if os.environ.get(ENV_VAR) else "the default path")
         raise ConfigError(str(path), [f"cannot read the configuration ({exc.strerror}); set {ENV_VAR} or pass "
                                       f"the file's path (it came from {where})"]) from None
     return parse(text, str(path))

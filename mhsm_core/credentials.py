@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import requests
 from azure.core.exceptions import ClientAuthenticationError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ClientSecretCredential, CredentialUnavailableError, ManagedIdentityCredential
 
 from .config import Config
@@ -50,6 +53,26 @@ def principal_from_env() -> ServicePrincipal | None:
     return ServicePrincipal(client_id, secret, "environment") if client_id and secret else None
 
 
+class _ContextAdapter(requests.adapters.HTTPAdapter):
+    """Verifies with an SSLContext built once, never with a CA *path*.
+
+    Given `connection_verify=<path>`, requests re-reads the file on every new connection, so a forked
+    worker that cannot read `options.CAFile` (or a refresh after it is gone) could not get a token.
+    A `REQUESTS_CA_BUNDLE` from the environment is ignored too: `CAFile` replaces the trust store.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+        host_params, _ = super().build_connection_pool_key_attributes(request, True, None)
+        return host_params, {"ssl_context": self._context, "cert_reqs": "CERT_REQUIRED"}
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        conn.cert_reqs, conn.ca_certs, conn.ca_cert_dir = "CERT_REQUIRED", None, None
+
+
 def tenant_from_challenge(header: str | None) -> str | None:
     """The tenant is the first path segment of the challenge's `authorization` URL; its host is not used."""
     match = CHALLENGE_TENANT.search(header or "")
@@ -74,6 +97,18 @@ class TokenCache:
         self._refresh_at = 0.0
         self._pid = os.getpid()
         self._abandoned: list[Any] = []
+        # The CA file is read now, once, as the transport does (see _ContextAdapter).
+        options = config.options
+        self._ca_context = (ssl.create_default_context(cafile=options.ca_file)
+                            if options.ca_file and not options.disable_tls_authentication else None)
+
+    def _connection(self, verify: Any) -> dict[str, Any]:
+        """azure-identity keyword arguments for how to reach the authority / identity endpoint."""
+        if self._ca_context is None:
+            return {"connection_verify": verify}
+        session = requests.Session()
+        session.mount("https://", _ContextAdapter(self._ca_context))
+        return {"transport": RequestsTransport(session=session, session_owner=False)}
 
     def set_principal(self, principal: ServicePrincipal | None) -> None:
         """Log-in with a PIN-carried principal (or log-out): drop the credentials and token of the last one."""
@@ -148,7 +183,7 @@ class TokenCache:
             for principal in principals:
                 credential = ClientSecretCredential(
                     self._tenant(), principal.client_id, principal.client_secret, authority=authority,
-                    disable_instance_discovery=custom, connection_verify=verify)
+                    disable_instance_discovery=custom, **self._connection(verify))
                 self._credentials.append((f"service principal {principal.client_id} (from {principal.source})",
                                           credential))
             if self._config.msi.enabled and not self._principal:
@@ -162,8 +197,8 @@ class TokenCache:
             os.environ.setdefault("AZURE_POD_IDENTITY_AUTHORITY_HOST", msi.imds_endpoint)
         if msi.client_id:
             return (f"user-assigned managed identity {msi.client_id}",
-                    ManagedIdentityCredential(client_id=msi.client_id, connection_verify=verify))
-        return "system-assigned managed identity", ManagedIdentityCredential(connection_verify=verify)
+                    ManagedIdentityCredential(client_id=msi.client_id, **self._connection(verify)))
+        return "system-assigned managed identity", ManagedIdentityCredential(**self._connection(verify))
 
 
 def _first_line(text: str) -> str:

@@ -16,6 +16,7 @@ import sys
 
 from .. import config as config_module
 from ..credentials import CLIENT_ID_ENV, CLIENT_SECRET_ENV
+from ..errors import MhsmError
 from ..hsm import Library
 from .common import fail
 
@@ -59,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV):
                 os.environ.pop(name, None)
         library = Library(config)
-        hsm = library.hsm(args.slot if args.slot is not None else config.tokens[0].slot_id)
+        slot = args.slot if args.slot is not None else config.tokens[0].slot_id
+        if slot not in library.hsms:
+            raise MhsmError(f"no token with slot id {slot} in {config.path} (its slot ids: "
+                            f"{', '.join(str(s) for s in library.hsms)})")
+        hsm = library.hsm(slot)
         attributes = {"CKA_LABEL": args.label} | ({"CKA_ID": args.id} if args.id else {})
         key = hsm.keys.create("RSA" if args.RSA else "EC", size=RSA_SIZES.get(args.RSA or ""),
                               curve=CURVES.get(args.EC or ""), private_attributes=attributes,
                               public_attributes=dict(attributes))
-    except KeyError:
-        fail(ValueError(f"no token with slot id {args.slot} in the configuration"))
     except Exception as exc:  # every failure becomes one sentence with its fix
         fail(exc)
     sys.stdout.write(f"Key is generated successfully.\nManaged HSM Key ID: {key.kid}\nKey Name: {key.name}\n")

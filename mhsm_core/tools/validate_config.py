@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also get a token and list the keys of every HSM in the file")
     args = p.parse_args(argv)
     try:
-        config = config_module.load(args.file)
+        config = config_module.load(args.file, flag="--file")
     except config_module.ConfigError as exc:
         for problem in exc.problems:
             print(f"ERROR: {exc.path}: {problem}")
