@@ -7,13 +7,14 @@ STAMPS   := .stamps
 # Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
 # Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine and nginx.
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
-            libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
+            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
 
 .PHONY: setup test demo clean
 
 PKCS11_SO := build/libmhsm-pkcs11.so
+PROVIDER_SO := build/mhsm.so
 
-setup: $(STAMPS)/venv $(PKCS11_SO)
+setup: $(STAMPS)/venv $(PKCS11_SO) $(PROVIDER_SO)
 
 $(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -32,6 +33,10 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 
 $(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*)
 	$(VENV)/bin/python -m pkcs11_compat.build build
+
+# The provider includes the PKCS#11 module's embedding code (pkcs11_compat/csrc/embed.c).
+$(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
+	$(VENV)/bin/python -m provider.build build
 
 test: setup
 	$(VENV)/bin/python -m pytest tests

@@ -7,6 +7,7 @@ python-pkcs11, PyKCS11, a C harness, nginx with the libp11 engine) against a run
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -80,12 +81,11 @@ class Pair:
         return load_der_public_key(self.public_der)
 
 
-_ids = iter(range(0x100, 0x10000))
-
-
 def make_pair(p11: P11, tmp: Path, key_type: str) -> Pair:
     """`pkcs11-tool --keypairgen` (the module's C_GenerateKeyPair), then the public key read back through it."""
-    name, id_hex = label(key_type.split(":")[0].lower()), f"{next(_ids):04x}"
+    # A random CKA_ID: other tests make keys in the same emulator, and a shared id would make
+    # `--read-object --id` pick whichever key the HSM lists first.
+    name, id_hex = label(key_type.split(":")[0].lower()), secrets.token_hex(8)
     p11.tool("--keypairgen", "--key-type", key_type, "--label", name, "--id", id_hex, login=True)
     der = tmp / f"{name}.der"
     p11.tool("--read-object", "--type", "pubkey", "--id", id_hex, "-o", str(der))
