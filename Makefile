@@ -13,8 +13,9 @@ APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-es
 
 PKCS11_SO := build/libmhsm-pkcs11.so
 PROVIDER_SO := build/mhsm.so
+SID_NGINX := .cache/sid-nginx/nginx
 
-setup: $(STAMPS)/venv $(PKCS11_SO) $(PROVIDER_SO)
+setup: $(STAMPS)/venv $(PKCS11_SO) $(PROVIDER_SO) $(SID_NGINX)
 
 $(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -37,6 +38,10 @@ $(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csr
 # The provider includes the PKCS#11 module's embedding code (pkcs11_compat/csrc/embed.c).
 $(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
 	$(VENV)/bin/python -m provider.build build
+
+# nginx >= 1.29 (store: keys) from Debian sid, unpacked under .cache with its own loader.
+$(SID_NGINX): provider/fetch_nginx.sh
+	bash provider/fetch_nginx.sh .cache/sid-nginx
 
 test: setup
 	$(VENV)/bin/python -m pytest tests

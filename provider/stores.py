@@ -101,7 +101,7 @@ class Stores:
         found = [obj for slot, hsm in hsms for obj in self._objects(slot, hsm, uri)]
         found.sort(key=lambda obj: obj.side != "private")  # the private key first: nginx keeps the first key
         if uri.names_an_object and not found and uri.type in (None, "private", "public"):
-            raise NotFound(f"no {uri.type or ''} key {_describe(uri)} in {', '.join(h.name for _, h in hsms)}; "
+            raise NotFound(f"no {uri.type + ' ' if uri.type else ''}key {_describe(uri)} in {', '.join(h.name for _, h in hsms)}; "
                            "list what there is with: openssl storeutl pkcs11:")
         number = next(self._numbers)
         with self._lock:

@@ -71,38 +71,21 @@ static int mhsm_encoder_selection(void *provctx, int selection)
  * EC key, and a failing encoder fails the whole encoding, so they import its public part (as the
  * keymgmt does) and encode that.
  */
-static void *mhsm_rsa_encoder_import(void *vctx, int selection, const OSSL_PARAM params[])
-{
-    mhsm_key *key = mhsm_key_new();
-    (void)vctx;
-    if (key && !mhsm_rsa_import(key, selection, params)) {
-        mhsm_key_free(key);
-        return NULL;
+#define MHSM_ENCODER_IMPORT(name, import_fn)                                                          \
+    static void *name(void *vctx, int selection, const OSSL_PARAM params[])                          \
+    {                                                                                                \
+        mhsm_key *key = mhsm_key_new();                                                              \
+        (void)vctx;                                                                                  \
+        if (key && !import_fn(key, selection, params)) {                                             \
+            mhsm_key_free(key);                                                                      \
+            return NULL;                                                                             \
+        }                                                                                            \
+        return key;                                                                                  \
     }
-    return key;
-}
 
-static void *mhsm_rsapss_encoder_import(void *vctx, int selection, const OSSL_PARAM params[])
-{
-    mhsm_key *key = mhsm_key_new();
-    (void)vctx;
-    if (key && !mhsm_rsapss_import(key, selection, params)) {
-        mhsm_key_free(key);
-        return NULL;
-    }
-    return key;
-}
-
-static void *mhsm_ec_encoder_import(void *vctx, int selection, const OSSL_PARAM params[])
-{
-    mhsm_key *key = mhsm_key_new();
-    (void)vctx;
-    if (key && !mhsm_ec_import(key, selection, params)) {
-        mhsm_key_free(key);
-        return NULL;
-    }
-    return key;
-}
+MHSM_ENCODER_IMPORT(mhsm_rsa_encoder_import, mhsm_rsa_import)
+MHSM_ENCODER_IMPORT(mhsm_rsapss_encoder_import, mhsm_rsapss_import)
+MHSM_ENCODER_IMPORT(mhsm_ec_encoder_import, mhsm_ec_import)
 
 /* The default provider's encoder writes the bytes: asked by property, so it is never us again. */
 static int mhsm_spki_write(OSSL_CORE_BIO *out, const void *obj, int selection, const char *format)

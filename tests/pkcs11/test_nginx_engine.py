@@ -11,67 +11,21 @@ sign per handshake (no session cache, no tickets: every handshake is a full one)
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import pwd
-import signal
-import socket
 import ssl
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import REPO
+from tests.nginx import CASES, QUIET, WORKERS, LocalCA, Nginx, free_port, handshake, serve_rounds, write_conf
 from tests.pkcs11.conftest import P11, Pair
 
-NGINX = "/usr/sbin/nginx"
-WORKERS, RELOADS, PER_CASE = 4, 5, 2
-CASES = [("RSA", ssl.TLSVersion.TLSv1_3), ("RSA", ssl.TLSVersion.TLSv1_2), ("EC", ssl.TLSVersion.TLSv1_3),
-         ("EC", ssl.TLSVersion.TLSv1_2)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LocalCA:
-    """A local CA that certifies the HSM keys' public parts (the CA's own key is a local file)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mhsm test CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                     .not_valid_after(now + dt.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .sign(self.key, hashes.SHA256()))
-        self.file = directory / "ca.pem"
-        self.file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, pair: Pair, path: Path) -> x509.Certificate:
-        now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-                .issuer_name(self.cert.subject).public_key(pair.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                .sign(self.key, hashes.SHA256()))
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cert
-
+RELOADS, PER_CASE = 5, 2
 
 def openssl_conf(p11: P11, path: Path) -> Path:
     """The sample conf/openssl-engine.cnf, pointed at the built module."""
@@ -80,88 +34,15 @@ def openssl_conf(p11: P11, path: Path) -> Path:
     return path
 
 
-class Nginx:
-    def __init__(self, prefix: Path, conf: Path, env: dict[str, str]) -> None:
-        self.prefix, self.conf, self.env = prefix, conf, env
-        self.log = prefix / "error.log"
-        self.process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(self.log)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def workers(self) -> set[int]:
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                found.add(int(stat.parent.name))
-        return found
-
-    def wait_for_workers(self, not_in: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"nginx exited: {self.log.read_text() if self.log.exists() else ''}"
-            now = self.workers()
-            if len(now) == WORKERS and not now & not_in:
-                return now
-            time.sleep(0.1)
-        raise AssertionError(f"workers did not come up: {self.log.read_text()}")
-
-    def users(self) -> set[int]:
-        """The real uids the workers run as."""
-        uids = set()
-        for pid in self.workers():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    uids.add(int(line.split()[1]))
-        return uids
-
-    def reload(self) -> None:
-        self.process.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def served(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> Iterator[tuple[Nginx, dict[str, tuple[int, bytes]], Path]]:
-    ca = LocalCA(tmp_path)
-    ports, servers = {}, []
+    ca, ports, keys = LocalCA(tmp_path), {}, {}
     for kind, pair in pairs.items():
-        cert = ca.issue(pair, tmp_path / f"{kind}.crt")
+        cert = ca.issue(pair.public_key(), tmp_path / f"{kind}.crt")
         ports[kind] = (free_port(), cert.public_bytes(serialization.Encoding.DER))
-        servers.append(f"""
-    server {{
-        listen 127.0.0.1:{ports[kind][0]} ssl;
-        ssl_certificate {tmp_path / f'{kind}.crt'};
-        ssl_certificate_key "engine:pkcs11:pkcs11:object={pair.label};type=private;pin-value=";
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {{ return 200 "ok"; }}
-    }}""")
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-worker_processes {WORKERS};
-daemon off;
-pid {tmp_path / 'nginx.pid'};
-error_log {tmp_path / 'error.log'} info;
-env OPENSSL_CONF;
-env MHSM_PKCS11_CONF;
-env MHSM_CLIENT_ID;
-env MHSM_CLIENT_SECRET;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    ssl_session_cache off;
-    ssl_session_tickets off;
-{''.join(servers)}
-}}
-""")
+        keys[kind] = (ports[kind][0], tmp_path / f"{kind}.crt",
+                      f"engine:pkcs11:pkcs11:object={pair.label};type=private;pin-value=")
+    conf = write_conf(tmp_path, keys, ("OPENSSL_CONF", "MHSM_PKCS11_CONF", "MHSM_CLIENT_ID", "MHSM_CLIENT_SECRET"))
     env = {k: v for k, v in p11.env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
     env["OPENSSL_CONF"] = str(openssl_conf(p11, tmp_path / "openssl.cnf"))
     os.chmod(tmp_path, 0o700)  # the workers (nobody) may not read anything the master read
@@ -172,44 +53,16 @@ http {{
         nginx.stop()
 
 
-def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:
-    """One full handshake (no resumption), the chain and `name` verified, and a GET; returns the
-    server's certificate (DER) and the response."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.minimum_version = context.maximum_version = version
-    if version == ssl.TLSVersion.TLSv1_2:  # the key signs the ECDHE parameters
-        context.set_ciphers({"RSA": "ECDHE-RSA-AES128-GCM-SHA256", "EC": "ECDHE-ECDSA-AES128-GCM-SHA256"}[kind])
-    with (socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
-          context.wrap_socket(raw, server_hostname=name) as tls):
-        assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
-        cipher = (tls.cipher() or ("",))[0]
-        assert cipher.startswith("TLS_" if version == ssl.TLSVersion.TLSv1_3 else f"ECDHE-{kind.replace('EC', 'ECDSA')}-")
-        tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        response = b""
-        while chunk := tls.recv(4096):
-            response += chunk
-        return tls.getpeercert(binary_form=True) or b"", response.decode()
-
-
 def test_nginx_libp11_engine_official_line(p11: P11, served: tuple[Nginx, dict[str, tuple[int, bytes]], Path]) -> None:
     nginx, ports, ca_file = served
-    workers = nginx.wait_for_workers()
+    nginx.wait_for_workers()
     assert nginx.users() == {pwd.getpwnam("nobody").pw_uid}, "the workers dropped root"
-    before, done = p11.signs(), 0
-    for round_ in range(RELOADS + 1):
-        for kind, version in CASES:
-            for name in ("localhost", "127.0.0.1")[:PER_CASE]:  # the DNS and the IP subjectAltName
-                port, expected_cert = ports[kind]
-                cert, response = handshake(port, kind, version, ca_file, name)
-                assert cert == expected_cert and response.startswith("HTTP/1.1 200") and response.endswith("ok")
-                done += 1
-        if round_ < RELOADS:
-            nginx.reload()
-            workers = nginx.wait_for_workers(not_in=workers)
+    before = p11.signs()
+    done = serve_rounds(nginx, ports, ca_file, RELOADS, PER_CASE)
     assert done == (RELOADS + 1) * len(CASES) * PER_CASE == 48
     assert p11.signs() - before == done, "one HSM sign per handshake"
     log = nginx.log.read_text()
-    assert not any(f"[{level}]" in log for level in ("emerg", "alert", "crit", "error", "warn")), log
+    assert not any(f"[{level}]" in log for level in QUIET), log
 
 
 def test_openssl_engine_sample_csr(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> None:
@@ -235,7 +88,7 @@ def test_nginx_sample_conf(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> 
     """conf/nginx-engine.conf as shipped, only its port, certificate and key label replaced, serves
     verified TLS 1.3 and 1.2 with the HSM key."""
     ca, port = LocalCA(tmp_path), free_port()
-    expected = ca.issue(pairs["RSA"], tmp_path / "tls.crt").public_bytes(serialization.Encoding.DER)
+    expected = ca.issue(pairs["RSA"].public_key(), tmp_path / "tls.crt").public_bytes(serialization.Encoding.DER)
     sample = (REPO / "conf" / "nginx-engine.conf").read_text()
     for old, new in (("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
                      ("/etc/nginx/tls.example.com.crt", str(tmp_path / "tls.crt")),
@@ -260,4 +113,4 @@ def test_nginx_sample_conf(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> 
     finally:
         nginx.stop()
     log = nginx.log.read_text()
-    assert not any(f"[{level}]" in log for level in ("emerg", "alert", "crit", "error", "warn")), log
+    assert not any(f"[{level}]" in log for level in QUIET), log
