@@ -19,6 +19,9 @@ from . import signatures
 from .stores import Stores
 
 log = logging.getLogger("mhsm.provider")
+# Until the configuration's `log` section is read (mhsm_core.log.configure replaces this), errors
+# reach people through OpenSSL's error queue only, not through Python's last-resort stderr handler.
+logging.getLogger("mhsm").addHandler(logging.NullHandler())
 STORES = Stores()
 HANDLERS: dict[str, tuple[Callable[..., Any], Any]] = {}
 _ffi: Any = None
