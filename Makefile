@@ -9,7 +9,7 @@ STAMPS   := .stamps
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
             libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 PKCS11_SO := build/libmhsm-pkcs11.so
 PROVIDER_SO := build/mhsm.so
@@ -29,7 +29,7 @@ $(STAMPS)/apt: Makefile
 $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[emulator,test]'
+	$(VENV)/bin/python -m pip install -q -e '.[emulator,test,bench]'
 	@touch $@
 
 $(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*)
@@ -45,6 +45,10 @@ $(SID_NGINX): provider/fetch_nginx.sh
 
 test: setup
 	$(VENV)/bin/python -m pytest tests
+
+# Every measurement of docs/performance.md, in one run (about 10 minutes on 2 cores).
+bench: setup
+	cd bench && ../$(VENV)/bin/python run.py
 
 demo: setup
 	$(VENV)/bin/python demo/demo.py

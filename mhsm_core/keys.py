@@ -243,9 +243,11 @@ class KeyStore:
 
 
 def _matches(key: HsmKey, label: str | None, key_id: bytes | None, kty: str | None, side: str) -> bool:
+    """A stored attribute that is absent reads as empty (as C_GetAttributeValue reports it), so a
+    search for an empty CKA_ID finds keys made without one (pkcs11-provider searches that way)."""
     attributes = key.private_attributes if side == "private" else key.public_attributes
-    return ((label is None or attributes.get("CKA_LABEL") == label)
-            and (key_id is None or attributes.get("CKA_ID") == key_id)
+    return ((label is None or (attributes.get("CKA_LABEL") or "") == label)
+            and (key_id is None or (attributes.get("CKA_ID") or b"") == key_id)
             and (kty is None or key.kty == kty))
 
 

@@ -12,7 +12,9 @@
 set -euo pipefail
 
 DEST=$(realpath -m "${1:?usage: fetch_nginx.sh DEST}")
-if [ -x "$DEST/nginx" ] && "$DEST/nginx" -v >/dev/null 2>&1; then
+# pkcs11-provider comes along for `make bench`, which compares it with our provider on the same nginx.
+PKCS11_PROVIDER=root/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so
+if [ -x "$DEST/nginx" ] && "$DEST/nginx" -v >/dev/null 2>&1 && [ -f "$DEST/$PKCS11_PROVIDER" ]; then
     exit 0  # already there and working
 fi
 
@@ -34,7 +36,7 @@ APT=(-o "Dir::Etc::SourceList=$A/etc/sources.list" -o Dir::Etc::SourceParts=/dev
 
 echo "fetch_nginx.sh: downloading nginx and its libraries from Debian sid ($MIRROR)"
 apt-get "${APT[@]}" update -qq || { echo "fetch_nginx.sh: cannot read the sid package lists from $MIRROR" >&2; exit 1; }
-(cd "$WORK/debs" && apt-get "${APT[@]}" download -qq nginx libc6 libssl3t64 libpcre2-8-0 libcrypt1 zlib1g libzstd1) \
+(cd "$WORK/debs" && apt-get "${APT[@]}" download -qq nginx libc6 libssl3t64 libpcre2-8-0 libcrypt1 zlib1g libzstd1 pkcs11-provider) \
     || { echo "fetch_nginx.sh: cannot download nginx or its libraries from sid" >&2; exit 1; }
 for deb in "$WORK"/debs/*.deb; do dpkg -x "$deb" "$WORK/root"; done
 

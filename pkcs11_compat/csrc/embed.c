@@ -26,6 +26,10 @@
 static const char *const embed_paths[] = {EMBED_PATHS, NULL};
 static pthread_once_t embed_once = PTHREAD_ONCE_INIT;
 static int embed_ready;                 /* the Python side is bound and callable */
+/* This thread is booting Python. Imports can come back into the host's crypto stack (the
+ * cryptography wheel's own OpenSSL reads OPENSSL_CONF and may load a provider that loads this very
+ * module): such a call must fail at once instead of waiting on the boot it is part of. */
+static __thread int embed_booting;
 static PyGILState_STATE embed_fork_gil; /* held across fork(), only by the forking thread */
 
 static void embed_log(const char *what, const char *detail)
@@ -80,6 +84,7 @@ static PyStatus embed_config(PyConfig *config)
 
 static void embed_boot(void)
 {
+    embed_booting = 1;
     if (Py_IsInitialized()) {
         /* The host is Python (python-pkcs11, PyKCS11, ctypes): use its interpreter if it is ours. */
         const char *running = Py_GetVersion();
@@ -111,12 +116,16 @@ static void embed_boot(void)
         return;
     }
     embed_ready = 1;
+    embed_booting = 0;
 }
 
 /* Boot once per process (the result is kept across fork); 1 when Python calls may be made. */
 static int embed_start(void)
 {
+    if (embed_booting)
+        return 0;
     pthread_once(&embed_once, embed_boot);
+    embed_booting = 0; /* also after a boot that failed part-way */
     return embed_ready;
 }
 

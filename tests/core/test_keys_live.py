@@ -71,6 +71,16 @@ def test_find_misses_and_foreign_keys(emulator: Emulator, library_for: Callable[
     assert adopted.label == label and [k.name for k in hsm.keys.find(label=label)] == [foreign.name]
 
 
+def test_absent_id_matches_an_empty_id(emulator: Emulator, library_for: Callable[..., Library]) -> None:
+    """A key made without CKA_ID reads back an empty CKA_ID, so a search by its label and an empty
+    id (what pkcs11-provider sends to find a key again after a fork) finds it; a non-empty id does not."""
+    hsm = library_for(emulator, "keygen").hsm(0)
+    label = _label()
+    key = hsm.keys.create("EC", curve="P-256", private_attributes={"CKA_LABEL": label})
+    assert [k.name for k in hsm.keys.find(label=label, key_id=b"")] == [key.name]
+    assert hsm.keys.find(label=label, key_id=b"\x01") == []
+
+
 def test_key_made_elsewhere_is_found_after_a_cached_miss(emulator: Emulator,
                                                          library_for: Callable[..., Library]) -> None:
     first, second = (library_for(emulator, "keygen").hsm(0) for _ in range(2))

@@ -8,10 +8,12 @@ the HSM key's public part; the emulator must have counted one sign per signature
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -290,6 +292,30 @@ int main(int argc, char **argv) {
     from cryptography.hazmat.primitives.asymmetric import ec
 
     hsm.public_keys["EC"].verify(signature, b"pem", ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.parametrize("fault", ["refused", "silent"])
+def test_hsm_endpoint_unreachable_fails_fast(hsm: Hsm, tmp_path: Path, fault: str) -> None:
+    """Entra ID answers but the HSM does not: nothing listens, or something accepts and never
+    answers. The configured timeouts bound the wait, and the one line names the HSM's endpoint."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if fault == "silent":
+            silent.listen(16)  # the kernel completes TCP handshakes; nobody speaks TLS
+        endpoint = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        document = json.loads(Path(hsm.env["MHSM_PKCS11_CONF"]).read_text())
+        document["tokens"][0]["endpoint"] = endpoint + "/"
+        document["options"].update(ConnectTimeout=1, RequestTimeout=2, MaxRetries=1, RetryBudget=2)
+        (tmp_path / "mhsm-pkcs11.conf").write_text(json.dumps(document))
+        broken = replace(hsm, env={**hsm.env, "MHSM_PKCS11_CONF": str(tmp_path / "mhsm-pkcs11.conf")})
+        ossl = Ossl(broken, tmp_path)
+        (tmp_path / "data").write_text("x")
+        began = time.monotonic()
+        result = ossl.run("dgst", "-sha256", "-sign", ossl.uri("EC"), "-out", "sig", "data", ok=False)
+        elapsed = time.monotonic() - began
+    [line] = [line for line in result.stderr.splitlines() if ":mhsm:" in line]
+    assert result.returncode == 1 and f"cannot reach the HSM at {endpoint}" in line, result.stderr
+    assert elapsed < 20, f"took {elapsed:.1f} s with RequestTimeout=2, RetryBudget=2"
 
 
 def test_hsm_down_then_back(tmp_path: Path) -> None:
