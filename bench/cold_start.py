@@ -23,7 +23,9 @@ def wall(argv: list[str], env: dict[str, str], runs: int) -> float:
     times = []
     for _ in range(runs):
         began = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=120)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {(result.stdout + result.stderr).strip()[-1500:]}")
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 

@@ -201,5 +201,16 @@ class TokenCache:
         return "system-assigned managed identity", ManagedIdentityCredential(**self._connection(verify))
 
 
+# How requests (under azure-identity) says it could not connect: the host, the port and the reason.
+UNREACHABLE = re.compile(r"HTTPS?ConnectionPool\(host='(?P<host>[^']+)', port=(?P<port>\d+)\).*?"
+                         r"(?:\[Errno -?\d+\] (?P<reason>[^'\")]+)|(?P<timeout>timed out))")
+
+
 def _first_line(text: str) -> str:
+    """The first line of an identity library's error; a failed connection said in one short phrase
+    (requests' own text is a page of nested reprs)."""
+    unreachable = UNREACHABLE.search(text)
+    if unreachable:
+        reason = (unreachable["reason"] or unreachable["timeout"]).strip().lower()
+        return f"cannot reach the login service at {unreachable['host']}:{unreachable['port']} ({reason})"
     return text.strip().splitlines()[0] if text.strip() else "failed"

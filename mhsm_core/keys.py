@@ -8,6 +8,7 @@ HSM is verified with the cached public key before anyone sees it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import time
 import uuid
@@ -80,6 +81,12 @@ class HsmKey:
                                                    CURVES[curve]).public_key()
             kty, size = "EC", public.curve.key_size
         private_attributes, public_attributes = tags.from_tags(bundle.get("tags"))
+        # A key stored without CKA_ID still gets one, unique to the key: PKCS#11 hosts find a key
+        # again by its id (pkcs11-tool --label, pkcs11-provider after a fork), and keys made without
+        # --id would otherwise all share the empty one.
+        stored_id = private_attributes.get("CKA_ID") or public_attributes.get("CKA_ID") or default_key_id(name)
+        private_attributes.setdefault("CKA_ID", stored_id)
+        public_attributes.setdefault("CKA_ID", stored_id)
         return cls(name, version, kid, kty, size, curve, public, tuple(jwk.get("key_ops", ())),
                    attributes.get("enabled", True), attributes.get("nbf"), attributes.get("exp"),
                    dict(bundle.get("tags") or {}), private_attributes, public_attributes)
@@ -242,12 +249,19 @@ class KeyStore:
         return bytes(out)
 
 
+def default_key_id(name: str) -> bytes:
+    """The CKA_ID of a key stored without one: the 16 bytes its `p11-<32 hex>` name carries, or
+    for another name the first 16 bytes of its SHA-256."""
+    suffix = name[4:] if name.startswith("p11-") else ""
+    if len(suffix) == 32 and all(c in "0123456789abcdef" for c in suffix.lower()):
+        return bytes.fromhex(suffix)
+    return hashlib.sha256(name.encode()).digest()[:16]
+
+
 def _matches(key: HsmKey, label: str | None, key_id: bytes | None, kty: str | None, side: str) -> bool:
-    """A stored attribute that is absent reads as empty (as C_GetAttributeValue reports it), so a
-    search for an empty CKA_ID finds keys made without one (pkcs11-provider searches that way)."""
     attributes = key.private_attributes if side == "private" else key.public_attributes
-    return ((label is None or (attributes.get("CKA_LABEL") or "") == label)
-            and (key_id is None or (attributes.get("CKA_ID") or b"") == key_id)
+    return ((label is None or attributes.get("CKA_LABEL") == label)
+            and (key_id is None or attributes.get("CKA_ID") == key_id)
             and (kty is None or key.kty == kty))
 
 

@@ -71,14 +71,16 @@ def test_find_misses_and_foreign_keys(emulator: Emulator, library_for: Callable[
     assert adopted.label == label and [k.name for k in hsm.keys.find(label=label)] == [foreign.name]
 
 
-def test_absent_id_matches_an_empty_id(emulator: Emulator, library_for: Callable[..., Library]) -> None:
-    """A key made without CKA_ID reads back an empty CKA_ID, so a search by its label and an empty
-    id (what pkcs11-provider sends to find a key again after a fork) finds it; a non-empty id does not."""
+def test_key_without_id_gets_its_own(emulator: Emulator, library_for: Callable[..., Library]) -> None:
+    """Keys made without CKA_ID each get a unique one from their name (what a PKCS#11 host re-finds
+    them by); a search for the empty id finds none of them."""
     hsm = library_for(emulator, "keygen").hsm(0)
-    label = _label()
-    key = hsm.keys.create("EC", curve="P-256", private_attributes={"CKA_LABEL": label})
-    assert [k.name for k in hsm.keys.find(label=label, key_id=b"")] == [key.name]
-    assert hsm.keys.find(label=label, key_id=b"\x01") == []
+    made = [hsm.keys.create("EC", curve="P-256", private_attributes={"CKA_LABEL": _label()}) for _ in range(2)]
+    ids = [key.key_id for key in made]
+    assert ids[0] != ids[1] and ids == [bytes.fromhex(key.name[4:]) for key in made]
+    assert [k.name for k in hsm.keys.find(key_id=ids[1])] == [made[1].name]
+    assert [k.name for k in hsm.keys.find(key_id=ids[1], side="public")] == [made[1].name]
+    assert hsm.keys.find(label=made[0].label, key_id=b"") == []
 
 
 def test_key_made_elsewhere_is_found_after_a_cached_miss(emulator: Emulator,

@@ -215,7 +215,7 @@ def test_list_keys_table_and_json(permissive: Emulator) -> None:
     assert rsa
     rows = json.loads(tool("list", "--json", env=env_for(permissive)).stdout)
     [rsa_row] = [r for r in rows if r["label"] == rsa_name]
-    assert rsa_row == {**rsa_row, "id": None, "type": "RSA", "size": 2048, "curve": None, "name": rsa["name"]}
+    assert rsa_row == {**rsa_row, "id": rsa["name"][4:], "type": "RSA", "size": 2048, "curve": None, "name": rsa["name"]}
     assert rsa_row["version"] == rsa["kid"].rsplit("/", 1)[1]
     listing = tool("list", env=env_for(permissive))
     assert listing.returncode == 0 and listing.stderr == ""
@@ -225,7 +225,7 @@ def test_list_keys_table_and_json(permissive: Emulator) -> None:
     [ec_line] = [line for line in table[1:] if name in line]
     assert ec_line.split() == ["0", name, "c0ffee", "EC", "P-384", created["name"], "True"]
     [rsa_line] = [line for line in table[1:] if rsa_name in line]
-    assert rsa_line.split() == ["0", rsa_name, "RSA", "2048", rsa["name"], "True"]
+    assert rsa_line.split() == ["0", rsa_name, rsa["name"][4:], "RSA", "2048", rsa["name"], "True"]
 
 
 def test_list_keys_errors_are_one_sentence(permissive: Emulator, granular: Emulator) -> None:
