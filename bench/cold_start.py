@@ -42,7 +42,9 @@ def run(lab: Lab, runs: int, tick: Callable[[], None]) -> list[Figure]:
     provider = wall([*sign, "-inkey", f"pkcs11:object={lab.labels['RSA']}"], {**lab.env, "OPENSSL_CONF": lab.openssl_cnf()},
                     runs)
     tick()
-    module = wall(["pkcs11-tool", "--module", str(PKCS11_MODULE), "--sign", "--label", lab.labels["RSA"], "-m",
+    # pkcs11-tool --sign picks its key by --id (OpenSC 0.23 ignores --label there); a key made
+    # without --id has the id its p11-<32 hex> name carries
+    module = wall(["pkcs11-tool", "--module", str(PKCS11_MODULE), "--sign", "--id", lab.names["RSA"][4:], "-m",
                    "SHA256-RSA-PKCS", "-i", str(lab.tmp / "data"), "-o", str(lab.tmp / "sig")], lab.env, runs)
     tick()
     figures = []

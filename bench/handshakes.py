@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness import Figure, Lab
+from harness import Figure, Lab, cpu_seconds
 
 import nginx_paths
 import tls_load
@@ -20,6 +20,7 @@ TARGET = 0.5
 
 def run(lab: Lab, seconds: float, tick: Callable[[], None]) -> list[Figure]:
     rates: dict[tuple[str, str, str], float] = {}
+    cores: dict[tuple[str, str, str], str] = {}
     failures: dict[str, str] = {}
     for path in PATHS:
         try:
@@ -31,8 +32,14 @@ def run(lab: Lab, seconds: float, tick: Callable[[], None]) -> list[Figure]:
         try:
             for kind in ("RSA", "EC"):
                 for version in tls_load.VERSIONS:
+                    processes = {"emulator": [lab.emulator.process.pid], "nginx workers": server.workers()}
+                    before = {name: cpu_seconds(pids) for name, pids in processes.items()}
                     result = tls_load.load(server.ports[kind], version, seconds=seconds)
                     rates[(path, kind, version)] = result["rate"]
+                    # where the two cores went: CPU-seconds per second of each side of the HSM call
+                    cores[(path, kind, version)] = ", ".join(
+                        f"{name} {(cpu_seconds(pids) - before[name]) / result['seconds']:.2f} cores"
+                        for name, pids in processes.items())
                     if result["failed"]:
                         failures[path] = f"{result['failed']} failed handshakes"
         finally:
@@ -47,7 +54,8 @@ def run(lab: Lab, seconds: float, tick: Callable[[], None]) -> list[Figure]:
                               f"{base_path}, {kind}, {version}" if base_path else "", round(base, 1) if base else None,
                               round(rate / base, 3) if base else None, f">= {TARGET}x" if gated else "",
                               (rate / base >= TARGET) if gated and base else None,
-                              nginx_paths.VERSIONS[path] + (f"; {failures[path]}" if path in failures else "")))
+                              f"{nginx_paths.VERSIONS[path]}; {cores[(path, kind, version)]}"
+                              + (f"; {failures[path]}" if path in failures else "")))
     for path, reason in failures.items():
         if not any(key[0] == path for key in rates):
             figures.append(Figure(MEASUREMENT, f"{path}: not measured", float("nan"), "", note=reason))

@@ -69,7 +69,10 @@ class Server:
         deadline = time.monotonic() + 60
         while len(self.workers()) < WORKERS or any(socket.socket().connect_ex(("127.0.0.1", p)) for p in self.ports.values()):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx for {path} did not start: {(workdir / 'error.log').read_text()[-2000:]}")
+                self.process.kill()
+                self.process.wait()
+                log = workdir / "error.log"
+                raise RuntimeError(f"nginx for {path} did not start: {log.read_text()[-2000:] if log.exists() else ''}")
             time.sleep(0.1)
 
     def _setup(self, lab: Lab, path: str) -> tuple[list[str], dict[str, str], dict[str, str]]:

@@ -1,5 +1,5 @@
-"""One httpx client per HSM: the official library's connection cache, bounded timeouts, retries
-with backoff within a budget, and fork awareness.
+"""The official library's connection cache (one pool per HSM), bounded timeouts, retries with
+backoff within a budget, and fork awareness.
 
 - Pool size is `ConnectionCache.MaxConnections`; `ConnectionCache.Disable` turns keep-alive off.
 - TLS verification is on unless `options.DisableTLSAuthentication`; `options.CAFile` replaces the
@@ -18,6 +18,8 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,6 +51,47 @@ def tls_context(options: Options) -> ssl.SSLContext | bool:
     return ssl.create_default_context()
 
 
+class ClientPool:
+    """`size` httpx clients of one connection each, lent to one caller at a time, newest first.
+
+    Why not one httpx.Client with max_connections=size: httpcore's pool takes one lock around
+    every request and every response close, and under it checks each idle connection with a
+    select() call. With 16 signing threads a profile spent a third of the time waiting on that
+    lock and the module reached half the signing rate of a client per thread (docs/performance.md).
+    Here a caller holds its client's only connection alone: nothing is shared but this list.
+    """
+
+    def __init__(self, factory: Callable[[], httpx.Client], size: int) -> None:
+        self._factory, self._size = factory, size
+        self._idle: list[httpx.Client] = []
+        self._made = 0
+        self._available = threading.Condition()
+
+    @contextmanager
+    def client(self) -> Iterator[httpx.Client]:
+        with self._available:
+            while not self._idle and self._made >= self._size:
+                self._available.wait()
+            if self._idle:
+                client = self._idle.pop()
+            else:
+                client, self._made = None, self._made + 1
+        if client is None:
+            try:
+                client = self._factory()
+            except BaseException:
+                with self._available:
+                    self._made -= 1
+                    self._available.notify()
+                raise
+        try:
+            yield client
+        finally:
+            with self._available:
+                self._idle.append(client)
+                self._available.notify()
+
+
 class HsmTransport:
     """Sends authenticated JSON requests to one HSM and turns failures into typed errors."""
 
@@ -61,33 +104,35 @@ class HsmTransport:
         self._bearer = bearer
         self._verify = tls_context(options)
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
+        self._pool: ClientPool | None = None
         self._pid = os.getpid()
-        self._abandoned: list[httpx.Client] = []
+        self._abandoned: list[ClientPool] = []
 
-    def _http(self) -> httpx.Client:
-        if self._client is not None and self._pid == os.getpid():
-            return self._client
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, verify=self._verify,
+            timeout=httpx.Timeout(self._options.request_timeout, connect=self._options.connect_timeout),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=0 if self._cache.disable else 1),
+            headers={"Connection": "close"} if self._cache.disable else None)
+
+    def _http(self) -> ClientPool:
+        if self._pool is not None and self._pid == os.getpid():
+            return self._pool
         with self._lock:
             if self._pid != os.getpid():
                 # A forked child: keep a reference so the parent's sockets are never closed from here.
-                if self._client is not None:
-                    self._abandoned.append(self._client)
-                self._client, self._pid = None, os.getpid()
-            if self._client is None:
-                keepalive = 0 if self._cache.disable else self._cache.max_connections
-                self._client = httpx.Client(
-                    base_url=self.base_url, verify=self._verify,
-                    timeout=httpx.Timeout(self._options.request_timeout, connect=self._options.connect_timeout),
-                    limits=httpx.Limits(max_connections=self._cache.max_connections,
-                                        max_keepalive_connections=keepalive),
-                    headers={"Connection": "close"} if self._cache.disable else None)
-            return self._client
+                if self._pool is not None:
+                    self._abandoned.append(self._pool)
+                self._pool, self._pid = None, os.getpid()
+            if self._pool is None:
+                self._pool = ClientPool(self._new_client, self._cache.max_connections)
+            return self._pool
 
     def challenge(self) -> str | None:
         """Send the bodiless, token-less call the service answers with its `WWW-Authenticate` challenge."""
         try:
-            response = self._http().get("/keys", params={"api-version": API_VERSION, "maxresults": 1})
+            with self._http().client() as http:
+                response = http.get("/keys", params={"api-version": API_VERSION, "maxresults": 1})
         except httpx.HTTPError as exc:
             raise HsmUnavailable(f"cannot reach the HSM at {self.base_url}: {exc}", operation="challenge") from None
         return response.headers.get("www-authenticate")
@@ -103,8 +148,10 @@ class HsmTransport:
             failure: HsmError
             retry_after: float | None = None
             try:
-                response = self._http().request(method, path, json=json, params=query,
-                                                headers={"Authorization": f"Bearer {self._bearer(False)}"})
+                bearer = self._bearer(False)
+                with self._http().client() as http:
+                    response = http.request(method, path, json=json, params=query,
+                                            headers={"Authorization": f"Bearer {bearer}"})
             except httpx.TransportError as exc:
                 failure = HsmUnavailable(f"{operation}: cannot reach the HSM at {self.base_url} "
                                          f"({type(exc).__name__}: {exc})", operation=operation)
