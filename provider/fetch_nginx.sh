@@ -58,4 +58,4 @@ rm -rf "$DEST"
 mv "$WORK" "$DEST"
 trap - EXIT
 chmod 755 "$DEST"
-"$DEST/nginx" -V 2>&1 | head -2
+"$DEST/nginx" -v  # one line, no pipe: under pipefail a pipe into head can end in SIGPIPE
