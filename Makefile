@@ -36,7 +36,7 @@ $(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csr
 	$(VENV)/bin/python -m pkcs11_compat.build build
 
 # The provider includes the PKCS#11 module's embedding code (pkcs11_compat/csrc/embed.c).
-$(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
+$(PROVIDER_SO): $(STAMPS)/venv provider/build.py pkcs11_compat/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
 	$(VENV)/bin/python -m provider.build build
 
 # nginx >= 1.29 (store: keys) from Debian sid, unpacked under .cache with its own loader.

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import cffi
 
@@ -137,26 +138,34 @@ from {MODULE_NAME} import ffi, lib
 from pkcs11_compat import entry
 entry.bind(ffi, lib)
 """)
-    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    defines = [("EMBED_NAME", c_string("libmhsm-pkcs11")), ("EMBED_PYVER", c_string(version)),
-               ("EMBED_HOME", c_string(sys.base_prefix)),
-               ("EMBED_PATHS", ", ".join(c_string(p) for p in paths))]
     preamble = "\n".join(["#include <p11-kit/pkcs11.h>", '#include "embed.c"', python_entry_declarations(protos),
                           '#include "pkcs11_shim.c"', generated_c(protos)])
-    ffi.set_source(MODULE_NAME, preamble, include_dirs=[str(CSRC), P11KIT_INCLUDE], define_macros=defines,
-                   extra_compile_args=["-Wall", "-Wextra", "-O2"],
-                   extra_link_args=["-Wl,-z,nodelete", f"-L{sysconfig.get_config_var('LIBDIR')}"])
+    ffi.set_source(MODULE_NAME, preamble, include_dirs=[str(CSRC), P11KIT_INCLUDE],
+                   **shim_options("libmhsm-pkcs11", paths, python_version))
     return ffi
 
 
-def main() -> None:
+def shim_options(name: str, paths: list[str], python_version: str | None = None,
+                 defines: tuple[tuple[str, str], ...] = (), libraries: tuple[str, ...] = ()) -> dict[str, Any]:
+    """set_source() options every embedding shim shares: what csrc/embed.c needs defined (see its
+    header), warnings on, and a .so that is never unloaded (Python cannot be restarted)."""
+    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    embed = [("EMBED_NAME", c_string(name)), ("EMBED_PYVER", c_string(version)),
+             ("EMBED_HOME", c_string(sys.base_prefix)), ("EMBED_PATHS", ", ".join(c_string(p) for p in paths))]
+    return {"define_macros": embed + list(defines), "libraries": list(libraries),
+            "extra_compile_args": ["-Wall", "-Wextra", "-O2"],
+            "extra_link_args": ["-Wl,-z,nodelete", f"-L{sysconfig.get_config_var('LIBDIR')}"]}
+
+
+def build_shim(ffi: cffi.FFI, target: str) -> None:
+    """Compile into OUTDIR (argv[1], default build/) and print the .so's path."""
     out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "build").resolve()
-    work = out / "cffi-pkcs11"
+    work = out / f"cffi-{Path(target).stem}"
     work.mkdir(parents=True, exist_ok=True)
-    built = builder().compile(tmpdir=str(work), target="libmhsm-pkcs11.so", verbose=False)
-    os.replace(built, out / "libmhsm-pkcs11.so")
-    print(out / "libmhsm-pkcs11.so")
+    built = ffi.compile(tmpdir=str(work), target=target, verbose=False)
+    os.replace(built, out / target)
+    print(out / target)
 
 
 if __name__ == "__main__":
-    main()
+    build_shim(builder(), "libmhsm-pkcs11.so")

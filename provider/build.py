@@ -6,18 +6,14 @@ the PKCS#11 module's (pkcs11_compat/csrc/embed.c), included as it is; so are tha
 
 from __future__ import annotations
 
-import os
-import sys
-import sysconfig
 from pathlib import Path
 
 import cffi
 
 from pkcs11_compat.build import CSRC as EMBED_CSRC
-from pkcs11_compat.build import c_string, python_paths
+from pkcs11_compat.build import build_shim, c_string, python_paths, shim_options
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 MODULE_NAME = "_mhsm_provider"
 
 # Shared with csrc/mhsm.h: what one store object and one signature request look like to Python.
@@ -52,25 +48,12 @@ from {MODULE_NAME} import ffi, lib
 from provider import entry
 entry.bind(ffi, lib)
 """)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    defines = [("EMBED_NAME", c_string("mhsm.so")), ("EMBED_PYVER", c_string(version)),
-               ("EMBED_HOME", c_string(sys.base_prefix)), ("EMBED_PATHS", ", ".join(c_string(p) for p in paths)),
-               ("MHSM_VERSION", c_string("0.1.0"))]
     preamble = '#include "embed.c"\n#include "mhsm.h"\n#include "provider.c"\n'
     ffi.set_source(MODULE_NAME, preamble, include_dirs=[str(HERE / "csrc"), str(EMBED_CSRC)],
-                   define_macros=defines, libraries=["crypto"], extra_compile_args=["-Wall", "-Wextra", "-O2"],
-                   extra_link_args=["-Wl,-z,nodelete", f"-L{sysconfig.get_config_var('LIBDIR')}"])
+                   **shim_options("mhsm.so", paths, defines=(("MHSM_VERSION", c_string("0.1.0")),),
+                                  libraries=("crypto",)))
     return ffi
 
 
-def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "build").resolve()
-    work = out / "cffi-provider"
-    work.mkdir(parents=True, exist_ok=True)
-    built = builder().compile(tmpdir=str(work), target="mhsm.so", verbose=False)
-    os.replace(built, out / "mhsm.so")
-    print(out / "mhsm.so")
-
-
 if __name__ == "__main__":
-    main()
+    build_shim(builder(), "mhsm.so")
