@@ -65,13 +65,18 @@ def _unknown_tenant(tenant: str) -> JSONResponse:
                        f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.")
 
 
+# Tenant aliases Entra serves metadata for; their issuer is the `{tenantid}` template (what MSAL,
+# and so `az login`/`az logout`, read first).
+MULTI_TENANT = ("organizations", "common")
+
+
 async def openid_configuration(request: Request) -> Response:
     issuer, tenant = _issuer(request), request.path_params["tenant"]
-    if tenant != issuer.tokens.tenant_id:
+    if tenant != issuer.tokens.tenant_id and tenant not in MULTI_TENANT:
         return _unknown_tenant(tenant)
     base = f"{_authority(request)}/{tenant}"
     return JSONResponse({
-        "issuer": f"{base}/v2.0",
+        "issuer": f"{_authority(request)}/{{tenantid}}/v2.0" if tenant in MULTI_TENANT else f"{base}/v2.0",
         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
         "token_endpoint": f"{base}/oauth2/v2.0/token",
         "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
@@ -123,6 +128,13 @@ async def token(request: Request) -> Response:
     lifetime = expires_at - int(time.time())
     return JSONResponse({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                          "access_token": access_token})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """Unknown paths answer 404 in Entra's error shape (not the data plane's)."""
+    status = getattr(exc, "status_code", 404)
+    return entra_error(status, "invalid_request", 900561 if status == 405 else 90011,
+                       f"The endpoint {request.method} {request.url.path} does not exist.")
 
 
 ROUTES: list[Route] = [
