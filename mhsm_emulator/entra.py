@@ -130,6 +130,32 @@ async def token(request: Request) -> Response:
                          "access_token": access_token})
 
 
+async def subscriptions(request: Request) -> Response:
+    """The one Resource Manager call `az login --allow-no-subscriptions` makes: this tenant has no
+    subscriptions (a Managed HSM's data plane needs none), so the CLI signs in at tenant level.
+    Served here because the emulator's custom cloud names this listener as its Resource Manager."""
+    if not request.headers.get("authorization", "").lower().startswith("bearer "):
+        return JSONResponse({"error": {"code": "AuthenticationFailed",
+                                       "message": "Authentication failed. The 'Authorization' header is missing."}},
+                            status_code=401)
+    return JSONResponse({"value": []})
+
+
+async def directory_objects(request: Request) -> Response:
+    """Microsoft Graph's `directoryObjects/getByIds`, which the Azure CLI calls to name the principals
+    of role assignments: the emulator's service principals and managed identities, by object id."""
+    issuer = _issuer(request)
+    try:
+        wanted = {str(i).lower() for i in (await request.json()).get("ids", [])}
+    except (ValueError, AttributeError, TypeError):
+        return JSONResponse({"error": {"code": "BadRequest", "message": "The body must be {\"ids\": [...]}."}},
+                            status_code=400)
+    found = [{"@odata.type": "#microsoft.graph.servicePrincipal", "id": p.object_id, "appId": p.client_id,
+              "displayName": p.name, "servicePrincipalNames": [p.client_id]}
+             for p in issuer.store.principals.values() if p.object_id.lower() in wanted]
+    return JSONResponse({"value": found})
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     """Unknown paths answer 404 in Entra's error shape (not the data plane's)."""
     status = getattr(exc, "status_code", 404)
@@ -142,4 +168,6 @@ ROUTES: list[Route] = [
     Route("/{tenant}/v2.0/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/{tenant}/discovery/v2.0/keys", jwks, methods=["GET"]),
     Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
+    Route("/subscriptions", subscriptions, methods=["GET"]),
+    Route("/v1.0/directoryObjects/getByIds", directory_objects, methods=["POST"]),
 ]
