@@ -521,11 +521,19 @@ def test_unscoped_assignment_list_has_every_scope(hsm: Emulator) -> None:
     assert {"/", "/keys"} <= scopes
 
 
-def test_role_definition_not_found(hsm: Emulator) -> None:
-    # PYA test_access_control.pyTestAccessControltest_role_definitions[7.6].json: after a custom role is deleted,
-    # GET answers 404 RoleDefinitionNotFound "Requested role definition not found (Activity ID: ...)".
+def test_custom_role_delete_answers_it(hsm: Emulator) -> None:
+    # PYA test_access_control.pyTestAccessControltest_role_definitions[7.6].json: a custom role is type
+    # CustomRole with assignableScopes ["/"]; GET and DELETE answer 200 with it; the list then no longer has it.
+    guid = str(uuid.uuid4())
+    role = {"properties": {"roleName": f"role-name-{guid[:8]}", "permissions": [
+        {"notDataActions": ["Microsoft.KeyVault/managedHsm/keys/read/action"]}]}}
     with hsm.http("admin") as admin:
-        response = admin.get(f"{DEFINITIONS}/{uuid.uuid4()}", params={"api-version": "7.6"})
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "RoleDefinitionNotFound"
-    assert response.json()["error"]["message"].startswith("Requested role definition not found (Activity ID: ")
+        created = admin.put(f"{DEFINITIONS}/{guid}", params={"api-version": "7.6"}, json=role)
+        assert created.status_code == 201
+        body = created.json()
+        assert body["properties"]["type"] == "CustomRole" and body["properties"]["assignableScopes"] == ["/"]
+        assert admin.get(f"{DEFINITIONS}/{guid}", params={"api-version": "7.6"}).json() == body
+        deleted = admin.delete(f"{DEFINITIONS}/{guid}", params={"api-version": "7.6"})
+        assert deleted.status_code == 200 and deleted.json() == body
+        listed = admin.get(DEFINITIONS, params={"api-version": "7.6"}).json()["value"]
+    assert guid not in {r["name"] for r in listed}
