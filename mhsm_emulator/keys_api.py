@@ -428,7 +428,9 @@ def _routes(path: str, endpoint: Callable[..., Any], methods: list[str], variant
 
 
 # Empty or missing version segments mean "latest" (the SDK sends `/keys/n/` and `/keys/n//sign`).
+# Sign comes first: Starlette tries routes in order, and signing is nearly all the traffic.
 ROUTES: list[Route] = [
+    *_routes("/keys/{{name}}{v}/sign", sign, ["POST"], ("/{version}", "/", "")),
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys/", list_keys, methods=["GET"]),  # what the .NET SDK sends
     Route("/keys/{name}/create", create_key, methods=["POST"]),
@@ -436,7 +438,6 @@ ROUTES: list[Route] = [
     *_routes("/keys/{{name}}{v}", get_key, ["GET"], ("", "/", "/{version}")),
     *_routes("/keys/{{name}}{v}", update_key, ["PATCH"], ("", "/", "/{version}")),
     Route("/keys/{name}", delete_key, methods=["DELETE"]),
-    *_routes("/keys/{{name}}{v}/sign", sign, ["POST"], ("", "/", "/{version}")),
     *_routes("/keys/{{name}}{v}/verify", verify, ["POST"], ("", "/", "/{version}")),
     Route("/keys/{name}/{version}/{op}", unmodeled, methods=["POST"]),
     Route("/deletedkeys", list_deleted_keys, methods=["GET"]),
