@@ -126,3 +126,4 @@ def test_granular_recipe(cli: tuple[AzureCli, Emulator]) -> None:
     _verifies(key, _sign(az, "granular-tls").json())
     _refused(_sign(az, "granular-other", check=False), "keys/sign/action")
     _refused(_create_key(az, "granular-mine", check=False), "keys/create")
+    az.run("logout")  # reads the `organizations` metadata of the authority
