@@ -82,6 +82,15 @@ def start_emulator(state_dir: Path, *args: str, timeout: float = 30.0) -> Emulat
     return Emulator(running.state_dir, running.process, running.info)
 
 
+def emulator_for(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[Emulator]:
+    """Body of a fixture that owns an emulator of its own: `yield from emulator_for(factory, "name", ...)`."""
+    emulator = start_emulator(tmp_path_factory.mktemp(name), *args)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _trust_nothing_from_the_environment() -> Iterator[None]:
     """CI images export CA variables globally; each test sets the ones it means to use."""

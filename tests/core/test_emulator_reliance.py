@@ -21,7 +21,7 @@ import pytest
 from mhsm_core import signing
 from mhsm_core.credentials import CLIENT_ID_ENV, CLIENT_SECRET_ENV
 from mhsm_core.hsm import Library
-from tests.conftest import Emulator, start_emulator
+from tests.conftest import Emulator, emulator_for
 
 PAGE = 25  # what the service pages by default, and what the core asks for
 
@@ -29,15 +29,12 @@ PAGE = 25  # what the service pages by default, and what the core asks for
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """An emulator holding more keys than one page, so that a listing needs nextLink."""
-    emulator = start_emulator(tmp_path_factory.mktemp("emulator-crowded"))
-    try:
+    for emulator in emulator_for(tmp_path_factory, "emulator-crowded"):
         with emulator.http("keygen") as http:
             for i in range(PAGE + 2):
                 http.post(f"/keys/crowd-{i:02d}/create", params={"api-version": "7.6"},
                           json={"kty": "EC-HSM", "crv": "P-256"}).raise_for_status()
         yield emulator
-    finally:
-        emulator.stop()
 
 
 def test_listing_follows_next_link_to_the_last_page(crowded: Emulator, library_for: Callable[..., Library]) -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from tests.azure_cli import HSM_NAME, AzureCli, ensure_installed
-from tests.conftest import Emulator, start_emulator
+from tests.conftest import Emulator, emulator_for
 
 CRYPTO_USER = "21dbd100-6940-42c2-9190-5d6cb909625b"  # Managed HSM Crypto User's built-in id
 DIGEST = hashlib.sha256(b"signed through the Azure CLI").digest()
@@ -33,13 +33,10 @@ READ_ROLE = {"roleName": "TLS Library User Read Role", "description": "Grant Rea
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AzureCli, Emulator]]:
     """An emulator with only the admin's roles (scenario empty) and a CLI registered to it."""
     az = ensure_installed()
-    emulator = start_emulator(tmp_path_factory.mktemp("emulator-az"), "--scenario", "empty")
-    try:
+    for emulator in emulator_for(tmp_path_factory, "emulator-az", "--scenario", "empty"):
         azure_cli = AzureCli(az, Path(tmp_path_factory.mktemp("azure-config")), emulator.info)
         azure_cli.register_cloud()
         yield azure_cli, emulator
-    finally:
-        emulator.stop()
 
 
 def _assign(az: AzureCli, emulator: Emulator, role: str, scope: str, principal: str) -> dict[str, Any]:

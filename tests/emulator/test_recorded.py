@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from tests.conftest import Emulator, start_emulator
+from tests.conftest import Emulator, emulator_for
 
 VERSION = re.compile(r"^[0-9a-f]{32}$")
 ASSIGNMENTS = "/providers/Microsoft.Authorization/roleAssignments"
@@ -46,11 +46,7 @@ def _unb64(text: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emulator = start_emulator(tmp_path_factory.mktemp("emulator-7-days"), "--recoverable-days", "7")
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
+    yield from emulator_for(tmp_path_factory, "emulator-7-days", "--recoverable-days", "7")
 
 
 @pytest.fixture
