@@ -167,8 +167,7 @@ def test_a_search_by_type_alone_fetches_only_keys_the_type_tag_does_not_rule_out
 
 
 @pytest.mark.parametrize("label", ["curve-edited", "type-edited"])
-def test_a_key_whose_type_tag_lies_is_reported_not_used(lab: Lab, library: Library, label: str,
-                                                        capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_key_whose_type_tag_lies_is_reported_not_used(lab: Lab, library: Library, label: str) -> None:
     with pytest.raises(KeyMismatch, match=r"key p11-[0-9a-f]{32}: its tag p11_pri_CKA_KEY_TYPE says '(EC P-384|RSA 2048)' "
                                           r"but the key is EC P-256"):
         library.hsm(0).keys.find(label=label)
@@ -176,5 +175,8 @@ def test_a_key_whose_type_tag_lies_is_reported_not_used(lab: Lab, library: Libra
     result = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", f"pkcs11:object={label}", "-in", "/dev/null"],
                             env=lab.openssl_env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "but the key is EC P-256" in result.stderr, result.stderr
+    found = subprocess.run([sys.executable, str(HERE / "find_twice.py"), lab.p11.module, lab.p11.pin, "label", label],
+                           env=lab.p11.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert found.returncode != 0 and "FunctionFailed" in found.stderr, found.stdout + found.stderr  # CKR_FUNCTION_FAILED
     assert lab.emulator.admin.counters()["signs"]["total"] == signs
 
