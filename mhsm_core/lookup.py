@@ -96,9 +96,9 @@ class SingleFlight:
         self._calls: dict[Hashable, Future[Any]] = {}
 
     def do(self, key: Hashable, call: Callable[[], T]) -> T:
+        if self._pid != os.getpid():  # a forked child: the calls in flight, and the lock, were the parent's
+            self._pid, self._lock, self._calls = os.getpid(), threading.Lock(), {}
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._calls = os.getpid(), {}
             running = self._calls.get(key)
             if running is None:
                 future: Future[Any] = Future()
