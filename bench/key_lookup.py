@@ -18,6 +18,7 @@ from unittest import mock
 from harness import REPO, Figure, Lab
 from mhsm_emulator import launcher
 from mhsm_emulator.admin_client import EmulatorAdmin
+from tests.keyfill import fill, library_name, library_tags  # the checkout's, on the path harness sets
 
 MEASUREMENT = "7. key lookup"
 # The last commit whose search read every library key (a GET each) and then filtered by label.
@@ -63,9 +64,6 @@ def search(code: Path, env: dict[str, str], admin: EmulatorAdmin, cwd: Path) -> 
 
 
 def run(lab: Lab, runs: int, tick: Callable[[], None], counts: tuple[int, ...] = COUNTS) -> list[Figure]:
-    sys.path.insert(0, str(REPO))
-    from tests.keyfill import fill, library_name, library_tags
-
     old = baseline_core(lab.tmp / "baseline")
     emulator = launcher.start(lab.tmp / "lookup-hsm")
     admin = EmulatorAdmin(emulator.info["admin_url"], emulator.info["admin_secret"])

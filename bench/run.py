@@ -120,7 +120,8 @@ def main() -> int:
             bar.set_postfix_str("resilience")
             figures += resilience.run(lab, scale["resilience"], tick)
             bar.set_postfix_str("key lookup")
-            figures += key_lookup.run(lab, *LOOKUP["quick" if args.quick else "full"], tick)
+            lookup_runs, key_counts = LOOKUP["quick" if args.quick else "full"]
+            figures += key_lookup.run(lab, lookup_runs, tick, key_counts)
     finally:
         lab.close()
     if out:
