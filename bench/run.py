@@ -26,6 +26,7 @@ from harness import REPO, Figure, Lab, write_results
 
 import cold_start
 import handshakes
+import key_lookup
 import memory
 import nginx_paths
 import resilience
@@ -35,7 +36,9 @@ import throughput
 # (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s)
 FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0)
 QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5)
-TICKS = 8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
+# (key lookup runs per point, keys on the HSM per point)
+LOOKUP = {"full": (3, key_lookup.COUNTS), "quick": (1, (10, 30, 60))}
+TICKS = 8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3 + 3
 
 
 def versions() -> dict[str, str]:
@@ -116,6 +119,9 @@ def main() -> int:
             figures += memory.run(lab, scale["memory"], tick)
             bar.set_postfix_str("resilience")
             figures += resilience.run(lab, scale["resilience"], tick)
+            bar.set_postfix_str("key lookup")
+            lookup_runs, key_counts = LOOKUP["quick" if args.quick else "full"]
+            figures += key_lookup.run(lab, lookup_runs, tick, key_counts)
     finally:
         lab.close()
     if out:
