@@ -18,11 +18,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from embedding.build import build_runtime
+
 NGINX = ["/usr/sbin/nginx"]
 WORKERS = 4
 CASES = [("RSA", ssl.TLSVersion.TLSv1_3), ("RSA", ssl.TLSVersion.TLSv1_2), ("EC", ssl.TLSVersion.TLSv1_3),
          ("EC", ssl.TLSVersion.TLSv1_2)]
 QUIET = ("emerg", "alert", "crit", "error", "warn")  # levels a clean run never logs
+# nginx in a mount namespace of its own, so a test can hide directories from it alone: the master
+# runs as root, which file modes do not stop, but an empty mount over a directory does.
+PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private"]
 
 
 def free_port() -> int:
@@ -107,6 +112,22 @@ class Nginx:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def hide_python_tree(pid: int) -> list[str]:
+    """Mount an empty tmpfs over every directory the embedded Python imports from (the stdlib, the
+    venv, the checkout: the .so's built-in sys.path), in the mount namespace of `pid` only; the
+    mounts go when its processes exit. Returns the directories, each checked empty from inside."""
+    tree = sorted({p for p in build_runtime().paths if Path(p).is_dir()}, key=len, reverse=True)  # inner first
+    for directory in tree:
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "mount", "-t", "tmpfs", "-o", "ro,size=4k", "hidden",
+                        directory], check=True, timeout=10)
+    for directory in tree:
+        # empty, or gone (inside a directory hidden after it)
+        listing = subprocess.run(["nsenter", "-t", str(pid), "-m", "ls", "-A", directory], capture_output=True,
+                                 text=True, timeout=10).stdout
+        assert listing == "", f"{directory} is still visible to nginx: {listing}"
+    return tree
 
 
 def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:
