@@ -130,6 +130,16 @@ def hide_python_tree(pid: int) -> list[str]:
     return tree
 
 
+def serve_hidden(nginx: Nginx, ports: dict[str, tuple[int, bytes]], ca_file: Path, signs: Any) -> None:
+    """Hide the Python tree from a started nginx (see hide_python_tree), then 24 verified handshakes,
+    the workers' first, each one HSM sign as `signs()` counts them."""
+    nginx.wait_for_workers()
+    assert hide_python_tree(nginx.process.pid)
+    before = signs()
+    done = sum(serve_rounds(nginx, ports, ca_file, reloads=0, per_case=2) for _ in range(3))
+    assert done == 24 and signs() - before == done, "one HSM sign per handshake"
+
+
 def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:
     """One full handshake (no resumption), the chain and `name` verified, and a GET; returns the
     server's certificate (DER) and the response."""

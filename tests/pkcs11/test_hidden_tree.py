@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.nginx import NGINX, PRIVATE_MOUNTS, QUIET, hide_python_tree, serve_rounds
+from tests.nginx import NGINX, PRIVATE_MOUNTS, QUIET, serve_hidden
 from tests.pkcs11.conftest import P11, Pair
 from tests.pkcs11.test_nginx_engine import start
 
@@ -15,11 +15,7 @@ from tests.pkcs11.test_nginx_engine import start
 def test_workers_sign_with_the_python_tree_hidden(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> None:
     nginx, ports, ca_file = start(p11, pairs, tmp_path, PRIVATE_MOUNTS + NGINX)
     try:
-        nginx.wait_for_workers()
-        assert hide_python_tree(nginx.process.pid)
-        before = p11.signs()
-        done = sum(serve_rounds(nginx, ports, ca_file, reloads=0, per_case=2) for _ in range(3))
-        assert done == 24 and p11.signs() - before == done, "one HSM sign per handshake"
+        serve_hidden(nginx, ports, ca_file, p11.signs)
     finally:
         nginx.stop()
     log = nginx.log.read_text()
