@@ -130,14 +130,26 @@ def hide_python_tree(pid: int) -> list[str]:
     return tree
 
 
-def serve_hidden(nginx: Nginx, ports: dict[str, tuple[int, bytes]], ca_file: Path, signs: Any) -> None:
+def serve_hidden(nginx: Nginx, ports: dict[str, tuple[int, bytes]], ca_file: Path, emulator: Any) -> None:
     """Hide the Python tree from a started nginx (see hide_python_tree), then 24 verified handshakes,
-    the workers' first, each one HSM sign as `signs()` counts them."""
+    the workers' first, each one HSM sign as the emulator counts them; then, for each kind, one
+    whose sign meets an expired token (a token refresh in a worker) and one that is throttled (a
+    retry): those paths may not import anything either."""
     nginx.wait_for_workers()
     assert hide_python_tree(nginx.process.pid)
-    before = signs()
+    before = signs(emulator)
     done = sum(serve_rounds(nginx, ports, ca_file, reloads=0, per_case=2) for _ in range(3))
-    assert done == 24 and signs() - before == done, "one HSM sign per handshake"
+    assert done == 24 and signs(emulator) - before == done, "one HSM sign per handshake"
+    for fault in ("token_expired", "throttle"):
+        for kind, version in CASES[::2]:  # RSA and EC, TLS 1.3
+            hit = emulator.admin.counters()["faults_injected"].get(fault, 0)
+            emulator.admin.inject(fault, "sign", retry_after=0)
+            assert handshake(ports[kind][0], kind, version, ca_file, "localhost")[0] == ports[kind][1], (fault, kind)
+            assert emulator.admin.counters()["faults_injected"].get(fault, 0) == hit + 1, (fault, kind)
+
+
+def signs(emulator: Any) -> int:
+    return int(emulator.admin.counters()["signs"]["total"])
 
 
 def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:

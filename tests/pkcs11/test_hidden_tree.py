@@ -15,7 +15,7 @@ from tests.pkcs11.test_nginx_engine import start
 def test_workers_sign_with_the_python_tree_hidden(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> None:
     nginx, ports, ca_file = start(p11, pairs, tmp_path, PRIVATE_MOUNTS + NGINX)
     try:
-        serve_hidden(nginx, ports, ca_file, p11.signs)
+        serve_hidden(nginx, ports, ca_file, p11.emulator)
     finally:
         nginx.stop()
     log = nginx.log.read_text()

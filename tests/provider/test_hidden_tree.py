@@ -15,7 +15,7 @@ from tests.provider.test_nginx import assert_clean, pem_wrapped_keys, start
 def test_workers_sign_with_the_python_tree_hidden(hsm: Hsm, tmp_path: Path) -> None:
     nginx, ports, ca_file = start(hsm, tmp_path, pem_wrapped_keys(hsm, tmp_path), PRIVATE_MOUNTS + NGINX)
     try:
-        serve_hidden(nginx, ports, ca_file, hsm.signs)
+        serve_hidden(nginx, ports, ca_file, hsm.emulator)
     finally:
         nginx.stop()
     assert_clean(nginx)
