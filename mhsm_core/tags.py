@@ -78,7 +78,7 @@ def from_tags(tags: dict[str, str] | None) -> tuple[dict[str, Any], dict[str, An
 
 def is_library_key(tags: dict[str, str] | None) -> bool:
     """Keys this library (or the official one) made carry p11_ tags; others are not found by default."""
-    return any(t.startswith((PRIVATE, PUBLIC)) for t in (tags or {}))
+    return any(t.startswith("p11_") for t in (tags or {}))
 
 
 def merge(existing: dict[str, str] | None, private: dict[str, Any], public: dict[str, Any]) -> dict[str, str]:

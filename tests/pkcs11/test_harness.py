@@ -10,6 +10,7 @@ counter. The HSM-fault tests inject faults through the emulator's admin interfac
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from mhsm_emulator.admin_client import EmulatorAdmin
 from pkcs11_compat.build import FORWARDED, HAND_WRITTEN, header_declarations, prototypes
-from tests.conftest import Emulator
+from tests.conftest import Emulator, start_emulator
 from tests.core.conftest import write_conf
 from tests.pkcs11.conftest import P11, Pair, p11_for
 
@@ -134,6 +135,48 @@ def test_operation_states_and_signatures(harness: Path, p11: P11, pairs: dict[st
     lines, _ = run(harness, p11, "sign_states", pairs)
     assert signatures(lines) == 6, "RSA_PKCS, ECDSA over SHA-256 and SHA-384, PSS, RSA_PKCS over SHA-1, multi-part"
     assert sum(line.startswith("pub ") for line in lines) == 2
+
+
+def _session_keys_left(emulator: Emulator, lines: list[str]) -> tuple[set[str], set[str]]:
+    """(labels of the harness's session keys still live, those soft-deleted), as keygen (Crypto User)
+    and the admin (Crypto Officer, who may read deleted keys) see the HSM."""
+    made = {line.split()[1] for line in lines if line.startswith("session-key ")}
+    assert len(made) == 3, lines
+    officer = emulator.key_client("admin")
+    live = {(k.tags or {}).get("p11_pri_CKA_LABEL") for k in emulator.key_client("keygen").list_properties_of_keys()}
+    deleted = {(k.properties.tags or {}).get("p11_pri_CKA_LABEL") for k in officer.list_deleted_keys()}
+    return made & live, made & deleted
+
+
+def test_conformance_and_session_objects(harness: Path, p11: P11, pairs: dict[str, Pair]) -> None:
+    """C_SeedRandom, template contradictions and a 4-byte exponent as PKCS#11 2.40 says; session
+    keys made in a read-only session, shared by the application's sessions, and gone once their
+    session, C_CloseAllSessions or C_Finalize ends them. As a Crypto User (no purge right) they are
+    deleted, and stay soft-deleted, as docs/pkcs11.md says."""
+    lines, stderr = run(harness, p11, "conformance", pairs)
+    live, deleted = _session_keys_left(p11.emulator, lines)
+    assert not live, "a session key outlived its session"
+    assert len(deleted) == 3
+
+
+def test_session_objects_are_purged_when_the_identity_may(harness: Path, tmp_path: Path,
+                                                           pairs: dict[str, Pair]) -> None:
+    """With the right to purge (Crypto Officer at /keys beside Crypto User), nothing is left at all."""
+    from azure.keyvault.administration import KeyVaultRoleScope
+
+    emulator = start_emulator(tmp_path / "purge", "--scenario", "permissive")
+    try:
+        officer_role = emulator.info.get("roles", {}).get("Managed HSM Crypto Officer",
+                                                          "515eb02d-2335-4d2d-92f2-b1cbdf9c3778")
+        os.environ["REQUESTS_CA_BUNDLE"] = emulator.info["ca_file"]
+        emulator.access_client("admin").create_role_assignment(
+            KeyVaultRoleScope.KEYS, f"Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{officer_role}",
+            emulator.principal("keygen")["object_id"])
+        lines, _ = run(harness, p11_for(emulator), "conformance", pairs, extra_signs=None)
+        live, deleted = _session_keys_left(emulator, lines)
+    finally:
+        emulator.stop()
+    assert not live and not deleted, (live, deleted)
 
 
 def test_threads(harness: Path, p11: P11, pairs: dict[str, Pair]) -> None:
