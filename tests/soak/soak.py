@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import threading
@@ -83,6 +84,7 @@ class Report:
     faults: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     reloads: int = 0
+    causes: dict[str, int] = field(default_factory=dict)  # the module's logged sign errors, faults phase
     down_failures: list[float] = field(default_factory=list)  # seconds each probe took to fail, HSM down
     same_workers: bool = False
     notes: list[str] = field(default_factory=list)
@@ -105,10 +107,28 @@ class Report:
                        f"(ok/failed: {per_path})")
         out.append(f"faults injected: {json.dumps(self.faults, sort_keys=True)}; reloads: {self.reloads}; "
                    f"retries logged by the module: {self.retries}")
+        if self.causes:
+            out.append(f"sign errors the module logged under faults, by cause: {json.dumps(self.causes, sort_keys=True)}")
         if self.down_failures:
             out.append(f"HSM down: probes failed in {', '.join(f'{s:.1f}' for s in self.down_failures)} s "
                        f"(limit {limit():.0f} s); the same workers served again: {self.same_workers}")
         return out + self.notes
+
+
+LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ERROR .*?(?:C_Sign|py_sign): (.*)$", re.M)
+CAUSE = re.compile(r"\(HTTP (\d{3})|(cannot reach the HSM)")
+
+
+def causes(text: str, phase: Phase) -> dict[str, int]:
+    """The module's sign errors logged during `phase`, by HTTP status (or "unreachable")."""
+    found: dict[str, int] = {}
+    for stamp, millis, message in LOGGED.findall(text):
+        at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+        if phase.began <= at <= phase.ended:
+            cause = CAUSE.search(message)
+            name = (f"HTTP {cause.group(1)}" if cause.group(1) else "unreachable") if cause else message[:60]
+            found[name] = found.get(name, 0) + 1
+    return found
 
 
 def limit() -> float:
@@ -141,9 +161,9 @@ class Soak:
             self.lab.admin.inject(burst.kind, burst.operation, count=1 if burst.serial else burst.count,
                                   retry_after=burst.retry_after, stall_seconds=burst.stall_seconds)
             self._drained()
-        # A call that met the burst's last fault is still waiting to retry: let it finish before the
-        # next burst, which it must not meet as well (each burst is judged on its own).
-        time.sleep(max(burst.retry_after or 0, burst.stall_seconds if burst.kind == "stall" else 0) + 0.5)
+            # A call that met the last fault is still retrying (after a sleep, or a token refresh):
+            # let it finish before the next fault, which it must not meet as well.
+            time.sleep(max(burst.retry_after or 0, burst.stall_seconds if burst.kind == "stall" else 0) + 0.5)
 
     def _reload(self) -> None:
         """SIGHUP both masters, and wait until each has 4 new workers."""
@@ -224,8 +244,9 @@ class Soak:
         finally:
             for thread in loads:
                 thread.join(timeout=max(60.0, end - time.time() + 60))
-        self.report.retries = sum(p.read_text(errors="replace").count("; retry ")
-                                  for p in self.logs.glob("MHSM-PKCS11-*.log"))
+        text = "".join(p.read_text(errors="replace") for p in self.logs.glob("MHSM-PKCS11-*.log"))
+        self.report.retries = text.count("; retry ")
+        self.report.causes = causes(text, self.report.phases[0])
         return self.report
 
     def _hsm_down(self) -> None:
