@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from tests import logscan
 from tests.conftest import Emulator, start_emulator
 from tests.core.conftest import write_conf
 from tests.pkcs11.conftest import make_pair, p11_for
@@ -49,9 +50,7 @@ def test_fuzz_the_module_from_c(fuzz_emulator: Emulator, tmp_path: Path) -> None
         make_pair(p11, tmp_path, kind)
     logs = tmp_path / "logs"
     logs.mkdir()
-    conf = write_conf(fuzz_emulator, tmp_path / "fuzz.conf",
-                      log={"directory": str(logs), "level": "debug", "flags": {"SendToFile": True},
-                           "module": {"FunctionLevelTrace": True}})
+    conf = write_conf(fuzz_emulator, tmp_path / "fuzz.conf", log={**logscan.EVERY_FILE_FLAG, "directory": str(logs)})
     env = {**p11.env, "MHSM_PKCS11_CONF": str(conf)}
     result = subprocess.run([str(binary), p11.module, str(SEED), str(SECONDS)], env=env, capture_output=True,
                             text=True, timeout=SECONDS + 120)

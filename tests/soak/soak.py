@@ -37,6 +37,7 @@ from harness import Lab  # noqa: E402
 
 from mhsm_emulator import launcher  # noqa: E402
 from mhsm_emulator.admin_client import EmulatorAdmin  # noqa: E402
+from tests.logscan import EVERY_FILE_FLAG  # noqa: E402
 
 # Short timeouts, so the "down" phase ends fast; the retry budget is what a burst must fit in.
 OPTIONS = {"ConnectTimeout": 1, "RequestTimeout": 5, "RetryBudget": 8, "MaxRetries": 4}
@@ -88,6 +89,8 @@ class Report:
     down_failures: list[float] = field(default_factory=list)  # seconds each probe took to fail, HSM down
     same_workers: bool = False
     notes: list[str] = field(default_factory=list)
+    logs: Path | None = None  # the module's log files
+    secrets: list[str] = field(default_factory=list)  # the principals' client secrets (for a log scan)
 
     def count(self, phase: Phase, path: str | None = None) -> tuple[int, int]:
         ok = failed = 0
@@ -138,14 +141,18 @@ def limit() -> float:
 
 
 class Soak:
-    def __init__(self, lab: Lab, seconds: float, mix: str) -> None:
+    def __init__(self, lab: Lab, seconds: float, mix: str, logs: Path | None = None) -> None:
         self.lab, self.seconds, self.mix = lab, seconds, MIXES[mix]
-        self.report = Report()
-        # Outside the lab's directory, which the workers (nobody) may not enter: each writes its own file.
-        self.logs = Path(tempfile.mkdtemp(prefix="mhsm-soak-logs-"))
-        self.logs.chmod(0o1777)
-        lab.env["MHSM_PKCS11_CONF"] = lab.conf("soak.conf", options=OPTIONS, log={
-            "directory": str(self.logs), "level": "info", "flags": {"SendToFile": True}})
+        self.report = Report(secrets=[p["client_secret"] for p in lab.info["principals"].values()
+                                      if p.get("client_secret")])
+        # Outside the lab's directory, which the workers (nobody) may not enter: each writes its own
+        # file, with every content flag on (level debug, FunctionLevelTrace...).
+        if logs is None:
+            logs = Path(tempfile.mkdtemp(prefix="mhsm-soak-logs-"))
+            logs.chmod(0o1777)
+        self.logs = self.report.logs = logs
+        lab.env["MHSM_PKCS11_CONF"] = lab.conf("soak.conf", options=OPTIONS,
+                                               log={**EVERY_FILE_FLAG, "directory": str(self.logs)})
         self.servers = {path: nginx_paths.Server(lab, path, lab.tmp / path) for path in PATHS}
 
     # -- steering ------------------------------------------------------------------------------
@@ -244,7 +251,8 @@ class Soak:
         finally:
             for thread in loads:
                 thread.join(timeout=max(60.0, end - time.time() + 60))
-        text = "".join(p.read_text(errors="replace") for p in self.logs.glob("MHSM-PKCS11-*.log"))
+        text = "".join(p.read_text(errors="replace") for p in self.logs.glob("MHSM-PKCS11-*.log")
+                       if p.stat().st_mtime >= self.report.phases[0].began - 60)
         self.report.retries = text.count("; retry ")
         self.report.causes = causes(text, self.report.phases[0])
         return self.report
@@ -271,16 +279,15 @@ class Soak:
             server.stop()
 
 
-def soak(seconds: float, mix: str = "today") -> tuple[Report, Path]:
-    """Run the soak; returns the report and the directory of the module's logs (for a secret scan)."""
+def soak(seconds: float, mix: str = "today", logs: Path | None = None) -> Report:
+    """Run the soak, the module logging to `logs` (default: a new directory, in the report)."""
     lab = Lab()
     try:
-        run = Soak(lab, seconds, mix)
+        run = Soak(lab, seconds, mix, logs)
         try:
-            report = run.run()
+            return run.run()
         finally:
             run.stop()
-        return report, run.logs
     finally:
         lab.emulator.stop(timeout=10)
 
@@ -290,7 +297,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="length of the whole soak")
     parser.add_argument("--mix", choices=sorted(MIXES), default="issue", help="the fault bursts (see MIXES)")
     args = parser.parse_args()
-    report, _ = soak(args.seconds, args.mix)
+    report = soak(args.seconds, args.mix)
     print("\n".join(report.lines()))
     faults = report.phases[0]
     failed = report.count(faults)[1]
