@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -109,6 +110,21 @@ def _first_success(call: Callable[[], Any], within: float) -> float:
             if time.monotonic() - started > within:
                 raise
             time.sleep(0.25)
+
+
+@contextmanager
+def _short_lived_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library_for: Callable[..., Library],
+                        lifetime: int) -> Iterator[tuple[EmulatorAdmin, Hsm, HsmKey]]:
+    """An emulator of its own minting tokens that live `lifetime` seconds, a library on it and a key."""
+    emulator = start_emulator(tmp_path / f"tokens-{lifetime}s", "--token-lifetime", str(lifetime))
+    try:
+        _scrub_env(monkeypatch, emulator)
+        admin = emulator.admin
+        hsm = library_for(emulator, "keygen").hsm(0)
+        yield admin, hsm, _make_key(hsm)
+        admin.close()
+    finally:
+        emulator.stop()
 
 
 def _library_without_tenant(emulator: Emulator, path: Path, **overrides: Any) -> Library:
@@ -225,12 +241,7 @@ def test_short_lived_token_is_refreshed_before_it_expires(tmp_path: Path, monkey
                                                           library_for: Callable[..., Library]) -> None:
     """Tokens living 4 s, signing for 10 s: the cache refreshes ahead of expiry, so no call fails and
     the HSM never even sees an expired token."""
-    emulator = start_emulator(tmp_path / "short-tokens", "--token-lifetime", "4")
-    try:
-        _scrub_env(monkeypatch, emulator)
-        admin = emulator.admin
-        hsm = library_for(emulator, "keygen").hsm(0)
-        key = _make_key(hsm)
+    with _short_lived_tokens(tmp_path, monkeypatch, library_for, 4) as (admin, hsm, key):
         admin.reset()
         failures: list[str] = []
         signed = 0
@@ -243,9 +254,6 @@ def test_short_lived_token_is_refreshed_before_it_expires(tmp_path: Path, monkey
                 failures.append(f"{type(exc).__name__}: {exc}")
             time.sleep(0.02)
         counters = admin.counters()
-        admin.close()
-    finally:
-        emulator.stop()
     assert failures == []
     assert signed > 50
     assert counters["tokens_issued"]["total"] >= 2
@@ -327,12 +335,7 @@ def test_forked_child_refreshes_ahead_of_expiry_without_waiting(
     6 s life) is refreshed by a background thread: with the token endpoint slowed to 0.8 s, no sign
     waits for it, and the child moves to the new token before the old one expires. The parent
     started no thread."""
-    emulator = start_emulator(tmp_path / "refresh-fork", "--token-lifetime", "6")
-    try:
-        _scrub_env(monkeypatch, emulator)
-        admin = emulator.admin
-        hsm = library_for(emulator, "keygen").hsm(0)
-        key = _make_key(hsm)
+    with _short_lived_tokens(tmp_path, monkeypatch, library_for, 6) as (admin, hsm, key):
         threads_before = threading.active_count()
         admin.set_latency("token", fixed_ms=800)
         read, write = os.pipe()
@@ -359,9 +362,6 @@ def test_forked_child_refreshes_ahead_of_expiry_without_waiting(
             report = pipe.read()
         os.waitpid(pid, 0)
         counters = admin.counters()
-        admin.close()
-    finally:
-        emulator.stop()
     assert report, "the child failed to sign"
     result = json.loads(report)
     assert threading.active_count() == threads_before

@@ -10,7 +10,6 @@ counter. The HSM-fault tests inject faults through the emulator's admin interfac
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -168,7 +167,6 @@ def test_session_objects_are_purged_when_the_identity_may(harness: Path, tmp_pat
     try:
         officer_role = emulator.info.get("roles", {}).get("Managed HSM Crypto Officer",
                                                           "515eb02d-2335-4d2d-92f2-b1cbdf9c3778")
-        os.environ["REQUESTS_CA_BUNDLE"] = emulator.info["ca_file"]
         emulator.access_client("admin").create_role_assignment(
             KeyVaultRoleScope.KEYS, f"Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{officer_role}",
             emulator.principal("keygen")["object_id"])
