@@ -284,3 +284,16 @@ def test_hsm_fault_during_find(harness: Path, permissive: Emulator, admin: Emula
     [logged] = [line for line in stderr.splitlines() if "C_FindObjectsInit: CKR_DEVICE_ERROR" in line]
     assert "HTTP 503" in logged and "x-ms-request-id" in logged
     assert signatures(lines) == 1
+
+
+def test_fresh_initialize_during_a_token_outage(harness: Path, permissive: Emulator, admin: EmulatorAdmin,
+                                                pairs: dict[str, Pair], tmp_path: Path) -> None:
+    """A process that starts (C_Initialize, find, sign) while the login service answers 503 four
+    times, as nginx's master does on `nginx -s reload`: the token fetch is retried within the
+    budget and every sign succeeds."""
+    p11 = fault_p11(permissive, tmp_path)
+    before = admin.counters()["faults_injected"].get("token_outage", 0)
+    admin.inject("token_outage", count=4)
+    _, stderr = run(harness, p11, "hsm_retried", pairs)
+    assert admin.counters()["faults_injected"].get("token_outage", 0) - before == 4, "the outage was met"
+    assert "retry" in stderr and "503" in stderr, stderr[-2000:]
