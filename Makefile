@@ -9,7 +9,7 @@ STAMPS   := .stamps
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
             libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench soak clean
 
 PKCS11_SO := build/libmhsm-pkcs11.so
 PROVIDER_SO := build/mhsm.so
@@ -51,6 +51,12 @@ test: setup
 # Every measurement of docs/performance.md, in one run (about 2.5 minutes on 2 cores).
 bench: setup
 	cd bench && ../$(VENV)/bin/python run.py
+
+# Both nginx paths under every fault kind, reloads and an HSM restart, with issue 13's fault mix
+# (tests/soak/soak.py; `make test` runs a 36 s version with bursts within MaxRetries).
+SOAK_SECONDS ?= 180
+soak: setup
+	$(VENV)/bin/python -m tests.soak.soak --seconds $(SOAK_SECONDS) --mix issue
 
 demo: setup
 	$(VENV)/bin/python demo/demo.py

@@ -121,8 +121,9 @@ class KeyStore:
     def create(self, kty: str, *, size: int | None = None, curve: str | None = None,
                private_attributes: dict[str, Any] | None = None, public_attributes: dict[str, Any] | None = None,
                key_ops: tuple[str, ...] = ("sign", "verify"), not_before: int | None = None,
-               expires: int | None = None) -> HsmKey:
-        """Create a key named `p11-<32 hex>`, as the official tool names them."""
+               expires: int | None = None, own_tags: dict[str, str] | None = None) -> HsmKey:
+        """Create a key named `p11-<32 hex>`, as the official tool names them; `own_tags` are kept
+        as they are, beside the attribute tags (a front end's marks, e.g. a session key's owner)."""
         body: dict[str, Any] = {"key_ops": list(key_ops)}
         if kty == "RSA":
             if size not in RSA_SIZES:
@@ -140,8 +141,8 @@ class KeyStore:
         if expires is not None:
             attributes["exp"] = expires
         body["attributes"] = attributes
-        body["tags"] = tags.merge(tags.key_type_tag(describe(kty, size, curve)), private_attributes or {},
-                                  public_attributes or {})
+        body["tags"] = tags.merge({**(own_tags or {}), **tags.key_type_tag(describe(kty, size, curve))},
+                                  private_attributes or {}, public_attributes or {})
         name = f"p11-{uuid.uuid4().hex}"
         key = HsmKey.from_bundle(self._transport.request("POST", f"/keys/{name}/create", "create key", json=body).body)
         self.invalidate()
@@ -156,6 +157,17 @@ class KeyStore:
         updated = HsmKey.from_bundle(bundle)
         self.invalidate(key.name)
         return updated
+
+    def destroy(self, key: HsmKey) -> None:
+        """Delete a key and purge it, so nothing is left soft-deleted (the name can never be reused
+        anyway). A purge the identity may not do (Crypto User has no `deletedKeys/delete`) raises
+        AccessDenied with the key deleted but recoverable until the HSM's retention ends."""
+        self.invalidate(key.name)
+        try:
+            self._transport.request("DELETE", f"/keys/{key.name}", "delete key")
+        except NotFound:
+            pass  # already gone
+        self._transport.request("DELETE", f"/deletedkeys/{key.name}", "purge key")
 
     def adopt(self, name: str, label: str, key_id: bytes | None = None) -> HsmKey:
         """Give an existing key (not made by this library) the p11_ tags, so it can be found by label."""

@@ -115,7 +115,7 @@ def name_of_default_id(key_id: bytes | None) -> str | None:
 
 def is_library_key(tags: dict[str, str] | None) -> bool:
     """Keys this library (or the official one) made carry p11_ tags; others are not found by default."""
-    return any(t.startswith((PRIVATE, PUBLIC)) for t in (tags or {}))
+    return any(t.startswith("p11_") for t in (tags or {}))
 
 
 def merge(existing: dict[str, str] | None, private: dict[str, Any], public: dict[str, Any]) -> dict[str, str]:

@@ -36,7 +36,7 @@ FORWARDED = (
     "C_GetInfo", "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList",
     "C_GetMechanismInfo", "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo",
     "C_Login", "C_Logout", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GenerateKeyPair",
-    "C_GenerateRandom", "C_GetAttributeValue", "C_SetAttributeValue", "C_SignInit", "C_Sign",
+    "C_GenerateRandom", "C_SeedRandom", "C_GetAttributeValue", "C_SetAttributeValue", "C_SignInit", "C_Sign",
     "C_SignUpdate", "C_SignFinal", "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal",
 )
 HAND_WRITTEN = ("C_Initialize", "C_Finalize", "C_GetFunctionList")

@@ -11,6 +11,7 @@ import pytest
 
 from mhsm_emulator import launcher
 from mhsm_emulator.admin_client import EmulatorAdmin
+from tests import logscan
 
 REPO = Path(__file__).resolve().parent.parent
 EMULATOR = [sys.executable, "-m", "mhsm_emulator.cli"]  # the command line, for tests of its flags
@@ -79,6 +80,7 @@ class Emulator(launcher.Running):
 def start_emulator(state_dir: Path, *args: str, timeout: float = 30.0) -> Emulator:
     """Start `mhsm-emulator serve` and wait until it has published emulator.json."""
     running = launcher.start(state_dir, *args, timeout=timeout)
+    logscan.watch(running.info)  # every log the suite writes is verbose, and scanned at the end
     return Emulator(running.state_dir, running.process, running.info)
 
 
@@ -180,3 +182,15 @@ def with_sample_logging(env: dict[str, str], tmp: Path, **changes: object) -> di
 def ours(text: str) -> list[str]:
     """The lines the library's default error channel wrote (`mhsm.<part>: ...`)."""
     return [line for line in text.splitlines() if line.startswith("mhsm.")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any log it wrote holds a secret, token or PIN it used (tests/logscan.py)."""
+    roots = [logscan.directory(), Path(session.config._tmp_path_factory.getbasetemp())]  # type: ignore[attr-defined]
+    leaks = logscan.scan(roots)
+    if leaks:
+        print("\nsecrets in the logs the suite wrote:\n  " + "\n  ".join(leaks[:50]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        print(f"\nlog scan: no secret, token or PIN in the {len(logscan.log_files(roots))} log files under "
+              f"{', '.join(map(str, roots))}")

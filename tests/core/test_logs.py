@@ -18,10 +18,8 @@ import pytest
 from tests.conftest import REPO, Emulator
 from tests.core.conftest import write_conf
 from tests.core.test_tools import THREE_LINES, env_for, tool
+from tests.logscan import JWT, LABELLED
 
-JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
-# A credential's value after its name, unless it was scrubbed to ***.
-LABELLED = re.compile(r"(?i)(?:bearer\s+|client_secret=|access_token[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)[A-Za-z0-9._~+/-]{8,}")
 LOG_FILE = re.compile(r"MHSM-PKCS11-(?P<pid>\d+)-\d{8}-\d{6}\.log")
 EVERY_FLAG = {
     "directory": "", "level": "debug",
