@@ -26,16 +26,19 @@ from harness import REPO, Figure, Lab, write_results
 
 import cold_start
 import handshakes
+import haproxy_async
 import memory
 import nginx_paths
 import resilience
 import sign_latency
 import throughput
 
-# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s)
-FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0)
-QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5)
-TICKS = 8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
+# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s,
+#  HAProxy s per case)
+FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0, haproxy=4.0)
+QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5, haproxy=0.5)
+TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
+         + len(haproxy_async.CASES) + 1)
 
 
 def versions() -> dict[str, str]:
@@ -116,6 +119,8 @@ def main() -> int:
             figures += memory.run(lab, scale["memory"], tick)
             bar.set_postfix_str("resilience")
             figures += resilience.run(lab, scale["resilience"], tick)
+            bar.set_postfix_str("HAProxy async")
+            figures += haproxy_async.run(lab, scale["haproxy"], tick)
     finally:
         lab.close()
     if out:
