@@ -64,23 +64,29 @@ defaults
         except OSError:
             return set()
 
-    def wait_for_worker(self, not_in: frozenset[int] = frozenset()) -> int:
-        """The worker serving now (one not in `not_in`), once every port accepts connections."""
+    def loads(self) -> int:
+        """How many times the master has loaded its configuration (start-up, then each reload)."""
+        return self.log.read_text().count("Loading success.")
+
+    def wait_for_worker(self, not_in: frozenset[int] = frozenset(), loads: int = 1) -> int:
+        """The worker serving now (one not in `not_in`), once the master has loaded the configuration
+        `loads` times and every port accepts connections."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"haproxy exited: {self.log.read_text()}"
             fresh = self.workers() - not_in
-            if fresh and all(_accepts(port) for port in self.ports.values()):
+            if fresh and self.loads() >= loads and all(_accepts(port) for port in self.ports.values()):
                 return max(fresh)
             time.sleep(0.1)
         raise AssertionError(f"haproxy did not start: {self.log.read_text()}")
 
     def reload(self) -> int:
         """SIGUSR2: the master re-executes, loads the keys again and forks a new worker; the old one
-        finishes its connections. Returns the new worker."""
-        old = frozenset(self.workers())
+        finishes its connections. Returns the new worker, once the master has finished loading (a
+        signal sent before that would not be a reload of its own)."""
+        old, loads = frozenset(self.workers()), self.loads()
         self.process.send_signal(signal.SIGUSR2)
-        return self.wait_for_worker(old)
+        return self.wait_for_worker(old, loads + 1)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -1,7 +1,14 @@
-"""HAProxy 2.6 with `ssl-mode-async` and `nbthread 1`: while the HSM answers one handshake, the one
-thread goes on with the others (provider/csrc/async.c).
+"""Signatures inside OpenSSL ASYNC jobs (provider/csrc/async.c): first driven directly by a C program
+(asyncjobs.c), then by HAProxy 2.6 with `ssl-mode-async` and `nbthread 1`, where the one thread goes
+on with other handshakes while the HSM answers.
 
-Load comes from the C client (bench/csrc/tlsload.c), which verifies every server chain and name
+The C program counts the jobs paused at once, frees wait contexts whose jobs are paused (what
+SSL_free does when a client has left), forks with jobs paused, compares a failure's error line
+inside and outside a job, and checks that inside a job nothing but the signature is offered to
+Python: a store open there is refused (so the HAProxy handshakes, which all succeed, prove that
+nothing libssl asks of a key in the job reached Python on the job's small stack).
+
+For HAProxy, load comes from the C client (bench/csrc/tlsload.c), which verifies every server chain and name
 and wants an HTTP 200 after each handshake. Each test asserts outcomes, never speed: no failed
 handshake, one HSM sign counted per handshake, several signs in flight at once at the HSM from a
 single HAProxy thread (and exactly one without ssl-mode-async, the control), and after the load no
@@ -11,7 +18,10 @@ wait fd left open and no signing thread beyond the pool's bound.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import socket
+import subprocess
 import ssl
 import struct
 import threading
@@ -30,6 +40,8 @@ from tests.provider.conftest import BIN, Hsm, make_hsm, openssl_env, provider_cn
 
 CLIENTS = 32
 POOL_MAX = 64  # MHSM_POOL_MAX_THREADS in provider/csrc/async.c
+ASYNCJOBS_C = Path(__file__).with_name("asyncjobs.c")
+REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Site:
@@ -80,6 +92,73 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def _fresh_emulator(site: Site) -> None:
     site.hsm.emulator.admin.reset()
     site.hsm.emulator.admin.set_latency("sign", fixed_ms=20)
+
+
+@pytest.fixture(scope="module")
+def asyncjobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("asyncjobs") / "asyncjobs"
+    built = subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-O1", str(ASYNCJOBS_C), "-o", str(binary),
+                            "-lcrypto"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return binary
+
+
+def jobs(site: Site, binary: Path, scenario: str, kind: str, count: int) -> list[dict[str, str]]:
+    """Run one scenario; its key=value lines (a fork scenario prints the child's line too)."""
+    result = subprocess.run([str(binary), scenario, f"pkcs11:object={site.hsm.labels[kind]}", str(count)],
+                            env=site.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [dict(field.split("=", 1) for field in shlex.split(line) if "=" in field)
+            for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["RSA", "EC"])
+def test_one_thread_pauses_many_jobs(site: Site, asyncjobs: Path, kind: str) -> None:
+    site.hsm.emulator.admin.set_latency("sign", fixed_ms=200)
+    [line] = jobs(site, asyncjobs, "paused", kind, 16)
+    assert line["threads_before"] == "1", "no thread of ours before the first job"
+    assert line["paused"] == "16" and line["verified"] == "16", line
+    assert 1 < int(line["threads"]) <= 1 + 16 and line["eventfds"] == "0", line
+    counted = site.counters()
+    assert counted["signs"]["total"] == 16 and counted["peak_concurrent_requests"] == 16
+
+
+def test_wait_contexts_freed_while_paused(site: Site, asyncjobs: Path) -> None:
+    """SSL_free with the job paused: the signs still finish, and each eventfd is closed exactly once
+    (pipes made afterwards take the freed numbers and must stay open)."""
+    site.hsm.emulator.admin.set_latency("sign", fixed_ms=300)
+    [line] = jobs(site, asyncjobs, "abandon", "EC", 16)
+    assert line == {"threads_before": "1", "paused": "16", "eventfds_during": "16", "eventfds_after": "0",
+                    "pipes_intact": "32"}
+    assert site.counters()["signs"]["total"] == 16
+
+
+def test_fork_with_jobs_paused(site: Site, asyncjobs: Path) -> None:
+    """The child never touches the parent's pool: a job it inherited paused fails at once with a clear
+    line, its own jobs get a pool of its own; the parent's jobs finish."""
+    child, parent = jobs(site, asyncjobs, "fork", "EC", 8)
+    assert child["threads_at_fork"] == "1" and child["inherited_finished"] == "1" and child["inherited_ok"] == "0"
+    assert child["error"] == "the process forked while this signature was in flight; the child cannot finish it"
+    assert child["verified"] == "8" and 1 < int(child["threads"]) <= 9, child
+    assert parent["first"] == "8" and parent["paused_at_fork"] == "8" and parent["verified"] == "8", parent
+    assert parent["child_status"] == "0"
+    assert site.counters()["signs"]["total"] == 24
+
+
+def test_a_failure_inside_a_job_reads_as_outside(site: Site, asyncjobs: Path) -> None:
+    site.hsm.emulator.admin.inject("unavailable", operation="sign", count=100)  # more than any retry budget
+    [line] = jobs(site, asyncjobs, "errors", "RSA", 1)
+    assert line["verified"] == "0" and line["sync_ok"] == "0" and line["eventfds"] == "0"
+    assert "HTTP 503" in line["async_error"] and "x-ms-request-id" in line["async_error"], line
+    assert REQUEST_ID.sub("ID", line["async_error"]) == REQUEST_ID.sub("ID", line["sync_error"])
+
+
+def test_inside_a_job_only_signatures_reach_python(site: Site, asyncjobs: Path) -> None:
+    [line] = jobs(site, asyncjobs, "inside", "RSA", 1)
+    assert line["finished"] == "1" and line["store_opened"] == "0", line
+    assert line["store_error"] == "refused to run Python inside an OpenSSL ASYNC job (only signatures are made there)"
+    assert line["bits"] == "2048" and line["can_sign"] == "1" and line["eq"] == "1" and line["sign_init"] == "1"
+    assert line["threads"] == "1"
 
 
 def assert_drained(pid: int) -> dict[str, int]:
