@@ -48,7 +48,7 @@ def _crts(lab: Lab, directory: Path) -> tuple[dict[str, dict[str, Path]], Path]:
 
 
 def _tlsload(ports: str, ca_file: Path, mode: str, clients: int, amount: str, env: dict[str, str]) -> dict[str, Any]:
-    return loadgen.run([str(loadgen.binary("tlsload")), ports, str(ca_file), mode, str(clients), amount], env)
+    return loadgen.run([str(loadgen.BUILD / "tlsload"), ports, str(ca_file), mode, str(clients), amount], env)
 
 
 def _case(lab: Lab, haproxy: Haproxy, ca_file: Path, seconds: float) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def _ceiling(lab: Lab, env: dict[str, str], seconds: float) -> float:
     """Signs/s from 32 signing threads (16 per key) through the provider, no TLS server: the core's
     and the emulator's own limit at this latency on this machine."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(loadgen.run, [str(loadgen.binary("evpload")), f"pkcs11:object={lab.labels[kind]}",
+        runs = [pool.submit(loadgen.run, [str(loadgen.BUILD / "evpload"), f"pkcs11:object={lab.labels[kind]}",
                                           mechanism, str(CLIENTS // 2), f"t{seconds}"], env)
                 for kind, mechanism in (("RSA", "rsa-pss"), ("EC", "ecdsa"))]
         return sum(r.result()["signs"] / r.result()["seconds"] for r in runs)
@@ -84,6 +84,8 @@ def _ceiling(lab: Lab, env: dict[str, str], seconds: float) -> float:
 
 def run(lab: Lab, seconds: float, tick: Callable[[], None]) -> list[Figure]:
     crts, ca_file = _crts(lab, lab.tmp / "haproxy")
+    for name in ("tlsload", "evpload"):  # built here: the runs below start two at a time
+        loadgen.binary(name)
     lab.latency(LATENCY_MS)
     hsm_env = {**lab.env, "OPENSSL_CONF": lab.openssl_cnf()}
     results: dict[str, dict[str, Any]] = {}
