@@ -37,6 +37,7 @@ typedef struct mhsm_channel {
     pid_t pid;             /* the process that made it or last queued a signature on it */
     pthread_mutex_t lock;  /* `done` and the eventfd's counter change together under it */
     int done;
+    int busy;              /* a signature was queued and its job has not taken the answer yet */
     struct mhsm_channel *next; /* in the pool's queue */
     /* the request, copied: the job's memory is not the pool thread's to read */
     long handle;
@@ -235,6 +236,10 @@ static int mhsm_pool_submit(mhsm_channel *ch)
 
 static int mhsm_channel_fill(mhsm_channel *ch, long handle, const struct mhsm_sign_request *request)
 {
+    if (ch->busy) { /* libssl runs one job per connection at a time; anything else is a host's bug */
+        mhsm_raise("a signature is already in flight on this connection's ASYNC wait context");
+        return 0;
+    }
     if (request->data_len > sizeof(ch->data) || strlen(request->digest) >= sizeof(ch->digest) ||
         strlen(request->mgf1) >= sizeof(ch->mgf1)) {
         mhsm_raise("a signature request larger than the provider passes to its signing threads");
@@ -246,7 +251,7 @@ static int mhsm_channel_fill(mhsm_channel *ch, long handle, const struct mhsm_si
     ch->pad_mode = request->pad_mode, ch->saltlen = request->saltlen;
     memcpy(ch->data, request->data, request->data_len);
     ch->data_len = request->data_len;
-    ch->done = 0;
+    ch->done = 0, ch->busy = 1;
     ch->pid = getpid();
     return 1;
 }
@@ -260,6 +265,7 @@ static int mhsm_channel_take(mhsm_channel *ch)
     pthread_mutex_lock(&ch->lock);
     int done = ch->done;
     ssize_t drained = done ? read(ch->fd, &count, sizeof(count)) : 0; /* so the fd stops firing */
+    ch->busy = !done;
     pthread_mutex_unlock(&ch->lock);
     (void)drained;
     return done;
@@ -280,9 +286,10 @@ static int mhsm_offstack_sign(ASYNC_JOB *job, long handle, const struct mhsm_sig
         return 0;
     if (mhsm_channel_fill(ch, handle, request)) {
         __atomic_add_fetch(&ch->refs, 1, __ATOMIC_ACQ_REL); /* the pool thread's */
-        if (!mhsm_pool_submit(ch))
+        if (!mhsm_pool_submit(ch)) {
             __atomic_sub_fetch(&ch->refs, 1, __ATOMIC_ACQ_REL);
-        else
+            ch->busy = 0;
+        } else
             while ((state = mhsm_channel_take(ch)) == 0) {
                 struct pollfd wait = {ch->fd, POLLIN, 0};
                 if (!waitctx || !ASYNC_pause_job())

@@ -4,8 +4,9 @@
  *
  * The C side translates between OpenSSL's dispatch tables and a handful of Python calls; every
  * decision (which key a URI names, which HSM algorithm a request needs) is made in Python. The
- * only C-side state is immutable after provider init: the core handle and a few core function
- * pointers, all of which stay valid in a forked child.
+ * C-side state is immutable after provider init (the core handle and a few core function
+ * pointers, all of which stay valid in a forked child), plus async.c's signing pool, which
+ * records its process and is never used by a forked child.
  */
 #include <openssl/async.h>
 #include <openssl/core.h>

@@ -4,7 +4,7 @@
  * wait context freed while its job is paused (SSL_free of a connection whose client left), a
  * fork with jobs paused, errors, and what is refused inside a job.
  *
- *   asyncjobs paused|abandon|fork|errors|inside URI N
+ *   asyncjobs paused|abandon|fork|errors|inside KEY.pem N     (KEY.pem: a PEM-wrapped pkcs11: URI)
  *
  * Prints one line of key=value results; test_async_jobs.py asserts on them.
  */
@@ -13,6 +13,7 @@
 #include <openssl/async.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/store.h>
 #include <openssl/x509.h>
@@ -221,27 +222,23 @@ static int inside_job(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: asyncjobs paused|abandon|fork|errors|inside URI N\n");
+        fprintf(stderr, "usage: asyncjobs paused|abandon|fork|errors|inside KEY.pem N\n");
         return 2;
     }
     const char *scenario = argv[1];
     int n = atoi(argv[3]), paused = 0;
     if (n < 1 || n > MAX_JOBS)
         return 2;
-    OSSL_STORE_CTX *store = OSSL_STORE_open(argv[2], NULL, NULL, NULL, NULL);
-    while (store && !key && !OSSL_STORE_eof(store)) {
-        OSSL_STORE_INFO *info = OSSL_STORE_load(store);
-        if (info && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY)
-            key = OSSL_STORE_INFO_get1_PKEY(info);
-        OSSL_STORE_INFO_free(info);
-    }
-    OSSL_STORE_close(store);
+    FILE *pem = fopen(argv[2], "r"); /* as HAProxy reads its crt file: the decoder of the wrapped URI */
+    key = pem ? PEM_read_PrivateKey(pem, NULL, NULL, NULL) : NULL;
+    if (pem)
+        fclose(pem);
     unsigned char der[4096], *p = der;
     const unsigned char *q = der;
     int der_len = key ? i2d_PUBKEY(key, &p) : -1;
     public_copy = der_len > 0 ? d2i_PUBKEY_ex(NULL, &q, der_len, NULL, "provider=default") : NULL;
     if (!public_copy) {
-        fprintf(stderr, "asyncjobs: no private key at %s\n", argv[2]);
+        fprintf(stderr, "asyncjobs: no private key in %s\n", argv[2]);
         return 1;
     }
     printf("threads_before=%d ", threads());

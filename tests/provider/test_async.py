@@ -105,7 +105,7 @@ def asyncjobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def jobs(site: Site, binary: Path, scenario: str, kind: str, count: int) -> list[dict[str, str]]:
     """Run one scenario; its key=value lines (a fork scenario prints the child's line too)."""
-    result = subprocess.run([str(binary), scenario, f"pkcs11:object={site.hsm.labels[kind]}", str(count)],
+    result = subprocess.run([str(binary), scenario, str(site.crts[kind]), str(count)],
                             env=site.env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return [dict(field.split("=", 1) for field in shlex.split(line) if "=" in field)
