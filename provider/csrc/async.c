@@ -28,7 +28,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define MHSM_POOL_MAX_THREADS 64 /* more than the core's MaxConnections allows to wait on the HSM */
+#define MHSM_POOL_MAX_THREADS 32 /* above the core's default MaxConnections (20), which bounds the HSM calls */
 #define MHSM_CHANNEL_BYTES 1024  /* input and signature: RSA-4096 is 512 bytes, DER P-521 139 */
 
 typedef struct mhsm_channel {

@@ -39,7 +39,7 @@ from tests.nginx import LocalCA
 from tests.provider.conftest import BIN, Hsm, make_hsm, openssl_env, provider_cnf
 
 CLIENTS = 32
-POOL_MAX = 64  # MHSM_POOL_MAX_THREADS in provider/csrc/async.c
+POOL_MAX = 32  # MHSM_POOL_MAX_THREADS in provider/csrc/async.c
 ASYNCJOBS_C = Path(__file__).with_name("asyncjobs.c")
 REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
