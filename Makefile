@@ -5,9 +5,10 @@ PYTHON   ?= /usr/bin/python3.11
 VENV     := .venv
 STAMPS   := .stamps
 # Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
-# Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine and nginx.
+# Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine, nginx and
+# HAProxy (the tests run their own on free ports: the service the package starts is stopped).
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
-            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
+            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl haproxy
 
 .PHONY: setup test demo bench soak clean
 
@@ -22,7 +23,8 @@ $(STAMPS)/apt: Makefile
 	if [ -n "$$missing" ]; then \
 		echo "apt: installing $$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \
+		if echo " $$missing " | grep -q ' haproxy '; then systemctl stop haproxy 2>/dev/null || service haproxy stop 2>/dev/null || true; fi; \
 	fi
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -26,6 +26,7 @@ from harness import REPO, Figure, Lab, write_results
 
 import cold_start
 import handshakes
+import haproxy_async
 import key_lookup
 import memory
 import nginx_paths
@@ -33,12 +34,14 @@ import resilience
 import sign_latency
 import throughput
 
-# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s)
-FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0)
-QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5)
+# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s,
+#  HAProxy s per case)
+FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0, haproxy=4.0)
+QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5, haproxy=0.5)
 # (key lookup runs per point, keys on the HSM per point)
 LOOKUP = {"full": (3, key_lookup.COUNTS), "quick": (1, (10, 30, 60))}
-TICKS = 8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3 + 3
+TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3 + 3
+         + len(haproxy_async.CASES) + 1)
 
 
 def versions() -> dict[str, str]:
@@ -122,6 +125,8 @@ def main() -> int:
             bar.set_postfix_str("key lookup")
             lookup_runs, key_counts = LOOKUP["quick" if args.quick else "full"]
             figures += key_lookup.run(lab, lookup_runs, tick, key_counts)
+            bar.set_postfix_str("HAProxy async")
+            figures += haproxy_async.run(lab, scale["haproxy"], tick)
     finally:
         lab.close()
     if out:

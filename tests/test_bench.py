@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.conftest import REPO, Emulator
 
 MEASUREMENTS = ("1. sign latency", "2. throughput", "3. nginx handshakes/s", "4. cold start", "5. memory",
-                "6. resilience", "7. key lookup")
+                "6. resilience", "7. key lookup", "8. HAProxy nbthread 1, 20 ms HSM")
 
 
 def test_every_measurement_runs_and_reports(tmp_path: Path) -> None:
