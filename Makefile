@@ -34,11 +34,13 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[emulator,test,bench]'
 	@touch $@
 
-$(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*)
+# Both shims include the shared embedding code (embedding/csrc/embed.c).
+EMBED_SRC := embedding/build.py $(wildcard embedding/csrc/*)
+
+$(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*) $(EMBED_SRC)
 	$(VENV)/bin/python -m pkcs11_compat.build build
 
-# The provider includes the PKCS#11 module's embedding code (pkcs11_compat/csrc/embed.c).
-$(PROVIDER_SO): $(STAMPS)/venv provider/build.py pkcs11_compat/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
+$(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(EMBED_SRC)
 	$(VENV)/bin/python -m provider.build build
 
 # nginx >= 1.29 (store: keys) from Debian sid, unpacked under .cache with its own loader.
