@@ -9,7 +9,7 @@ Every distribution that list pulls in comes from one of two places:
     version is new enough. The build fails if a bookworm version no longer satisfies a requirement.
   - PyPI, pinned by this build's resolution, into the private directory PRIVATE, for the rest
     (bookworm's azure-identity 1.13.0b2 lacks get_token_info and disable_instance_discovery;
-    requests 2.28 lacks the adapter hook credentials.py uses). Those in FROM_SOURCE are compiled
+    requests 2.28 lacks the adapter hook credentials.py uses, urllib3 1.26 its IP-host handling). Those in FROM_SOURCE are compiled
     here against Debian's libraries instead of taking PyPI's binary wheel.
 docs/install.md says why the line is drawn there.
 
@@ -47,7 +47,6 @@ DEBIAN = {
     "cffi": "python3-cffi-backend",
     "pyyaml": "python3-yaml",
     "pyjwt": "python3-jwt",
-    "urllib3": "python3-urllib3",
     "idna": "python3-idna",
     "charset-normalizer": "python3-charset-normalizer",
     "certifi": "python3-certifi",
