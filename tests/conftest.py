@@ -147,3 +147,27 @@ def key_name(request: pytest.FixtureRequest) -> str:
     """A key name unique in the session, readable in the emulator's state."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80].strip("-")
     return f"{base}-{next(_names)}".replace("--", "-")
+
+
+def with_sample_logging(env: dict[str, str], tmp: Path, **changes: object) -> dict[str, str]:
+    """`env` with its MHSM_PKCS11_CONF rewritten under `tmp`: the `log` section as
+    conf/mhsm-pkcs11.conf ships it, short timeouts, and `changes` ({"endpoint": ...} for the
+    token, any other name for a log flag, e.g. SendErrorsToStdErr=False)."""
+    import json
+
+    import yaml
+
+    document = json.loads(Path(env["MHSM_PKCS11_CONF"]).read_text())
+    document["log"] = yaml.safe_load((REPO / "conf" / "mhsm-pkcs11.conf").read_text())["log"]
+    document["options"].update(ConnectTimeout=2, RequestTimeout=5, MaxRetries=1, RetryBudget=2)
+    if "endpoint" in changes:
+        document["tokens"][0]["endpoint"] = changes.pop("endpoint")
+    document["log"]["flags"].update(changes)
+    conf = tmp / "mhsm-pkcs11-sample-log.conf"
+    conf.write_text(json.dumps(document))
+    return {**env, "MHSM_PKCS11_CONF": str(conf)}
+
+
+def ours(text: str) -> list[str]:
+    """The lines the library's default error channel wrote (`mhsm.<part>: ...`)."""
+    return [line for line in text.splitlines() if line.startswith("mhsm.")]
