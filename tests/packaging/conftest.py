@@ -43,7 +43,9 @@ HIDE = ('set -e; mount --bind "$0" "$1"; mount -t tmpfs -o mode=755 hidden "$2";
 def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure its output is the assertion message."""
     kwargs.setdefault("timeout", 600)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Not the emulator's CA that other tests export (pip and apt reach PyPI and Debian with the system's).
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")}
+    env["DEBIAN_FRONTEND"] = "noninteractive"
     result = subprocess.run(argv, capture_output=True, text=True, env=kwargs.pop("env", env), **kwargs)  # type: ignore[call-overload]
     assert result.returncode == 0, f"{argv[:4]} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result

@@ -178,6 +178,15 @@ def test_tools_with_the_checkout_hidden(installed: Installed, keys: Keys) -> Non
     assert out.returncode == 0
 
 
+def test_bench_tool(installed: Installed, keys: Keys) -> None:
+    """mhsm_p11_bench signs through the installed module with the packaged load generator."""
+    before = signs(installed)
+    out = run(hidden(["mhsm_p11_bench", "--label", keys.labels["EC"], "--mechanism", "ecdsa", "--threads", "2",
+                      "--count", "6", "--no-sweep"], keys.tmp), env=installed.env).stdout
+    assert "6 signatures" in out and "0 errors" in out, out
+    assert signs(installed) - before == 6
+
+
 def test_openssl_cli_finds_the_provider_by_name(installed: Installed, keys: Keys) -> None:
     """`openssl req` and `openssl pkeyutl` with `-provider mhsm` and no path; each signature verified."""
     before, tmp = signs(installed), keys.tmp
