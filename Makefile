@@ -50,7 +50,7 @@ $(SID_NGINX): provider/fetch_nginx.sh
 # `make deb`'s tools: Debian's packaging tools and debian/control's Build-Depends (read from there, not
 # repeated here: dpkg-checkbuilddeps and apt-get build-dep use the same list).
 $(STAMPS)/deb-tools: $(STAMPS)/apt debian/control
-	@dpkg-checkbuilddeps 2>/dev/null || DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq ./
+	@dpkg-checkbuilddeps 2>/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq ./; }
 	@touch $@
 
 # dist/mhsm-tls-offload_<version>_amd64.deb, built by debhelper from debian/ (MHSM_DEB_VERSION=<v> overrides
