@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -144,8 +145,8 @@ def install(out: Path, target: Path) -> None:
         subprocess.run([*common, "--only-binary", ":all:", *binary], check=True, env=env)
     if source:
         subprocess.run([*common, "--no-binary", ",".join(sorted(FROM_SOURCE)), *source], check=True, env=env)
-    for leftover in target.glob("bin"):  # console scripts of the private distributions: not shipped
-        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    for leftover in ("bin", "share"):  # the private distributions' console scripts and docs: not shipped
+        shutil.rmtree(target / leftover, ignore_errors=True)
 
 
 def scripts(target: Path) -> None:

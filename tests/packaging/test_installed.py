@@ -106,7 +106,11 @@ def children(pid: int) -> set[int]:
 
 
 def uid_of(pid: int) -> int:
-    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
+    """The real uid of `pid`; -1 if it has just exited."""
+    try:
+        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
+    except OSError:
+        return -1
     return int(line.split()[1])
 
 
@@ -372,7 +376,11 @@ def test_apache(installed: Installed, keys: Keys, tmp_path: Path) -> None:
         for port in ports.values():
             wait_for_port(port, process, "apache2")
         first = new_children(process.pid, set())
-        assert {uid_of(pid) for pid in first} == {pwd.getpwnam("www-data").pw_uid}
+        deadline = time.monotonic() + 10  # a child just forked is root until it drops to www-data
+        while {uid_of(pid) for pid in first} != {pwd.getpwnam("www-data").pw_uid}:
+            assert time.monotonic() < deadline, {pid: uid_of(pid) for pid in first}
+            time.sleep(0.1)
+            first = children(process.pid)
         serve_cases(installed, keys, ports, assert_page)
         process.send_signal(signal.SIGUSR1)  # apache2ctl graceful
         new_children(process.pid, first)
