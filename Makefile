@@ -7,16 +7,18 @@ STAMPS   := .stamps
 # Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
 # Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine, nginx and
 # HAProxy (the tests run their own on free ports: the service the package starts is stopped).
+# Packaging: debhelper, dpkg-dev and fakeroot (the rest of `make deb`'s needs is debian/control's Build-Depends).
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
-            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl haproxy
+            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl haproxy \
+            debhelper dpkg-dev fakeroot
 
-.PHONY: setup test demo bench soak clean
+.PHONY: setup test demo bench soak clean deb
 
 PKCS11_SO := build/libmhsm-pkcs11.so
 PROVIDER_SO := build/mhsm.so
 SID_NGINX := .cache/sid-nginx/nginx
 
-setup: $(STAMPS)/venv $(PKCS11_SO) $(PROVIDER_SO) $(SID_NGINX)
+setup: $(STAMPS)/venv $(PKCS11_SO) $(PROVIDER_SO) $(SID_NGINX) $(STAMPS)/deb-tools
 
 $(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -47,6 +49,20 @@ $(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(E
 $(SID_NGINX): provider/fetch_nginx.sh
 	bash provider/fetch_nginx.sh .cache/sid-nginx
 
+# `make deb`'s tools: Debian's packaging tools and debian/control's Build-Depends (read from there, not
+# repeated here: dpkg-checkbuilddeps and apt-get build-dep use the same list).
+$(STAMPS)/deb-tools: $(STAMPS)/apt debian/control
+	@dpkg-checkbuilddeps 2>/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq ./; }
+	@touch $@
+
+# dist/mhsm-tls-offload_<version>_amd64.deb, built by debhelper from debian/ (MHSM_DEB_VERSION=<v> overrides
+# the version). The package embeds Debian's Python, not .venv: see docs/install.md.
+deb: $(STAMPS)/deb-tools
+	dpkg-checkbuilddeps
+	debian/rules clean
+	debian/rules binary
+	@ls dist/*.deb
+
 test: setup
 	$(VENV)/bin/python -m pytest tests
 
@@ -64,4 +80,4 @@ demo: setup
 	$(VENV)/bin/python demo/demo.py
 
 clean:
-	rm -rf $(STAMPS) build .cache
+	rm -rf $(STAMPS) build .cache dist debian/build

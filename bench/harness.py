@@ -94,7 +94,7 @@ class Lab:
     def openssl_cnf(self, name: str = "openssl.cnf", conf: str | None = None) -> str:
         """conf/openssl-mhsm.cnf pointed at this build and configuration."""
         text = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
-        text = text.replace("/opt/mhsm-tls-offload/build/mhsm.so", str(PROVIDER))
+        text = text.replace("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(PROVIDER))
         text = text.replace("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {conf or self.env['MHSM_PKCS11_CONF']}")
         (self.tmp / name).write_text(text)
         return str(self.tmp / name)

@@ -53,7 +53,7 @@ def free_port() -> int:
 def openssl_cnf(tmp: Path, conf_file: str) -> Path:
     """conf/openssl-mhsm.cnf with this checkout's provider and the emulator's configuration."""
     text = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
-    text = text.replace("/opt/mhsm-tls-offload/build/mhsm.so", str(REPO / "build" / "mhsm.so"))
+    text = text.replace("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(REPO / "build" / "mhsm.so"))
     text = text.replace("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {conf_file}")
     (tmp / "openssl.cnf").write_text(text)
     return tmp / "openssl.cnf"

@@ -21,8 +21,11 @@ LIBRARIES = {"p11load": ["-ldl"], "evpload": ["-lcrypto"], "tlsload": ["-lssl", 
 
 
 def binary(name: str) -> Path:
-    """build/NAME, compiled from bench/csrc/NAME.c when missing or older than its sources."""
+    """build/NAME, compiled from bench/csrc/NAME.c when missing or older than its sources (in a
+    checkout; the package ships build/p11load)."""
     source, built = SOURCES / f"{name}.c", BUILD / name
+    if not source.exists():  # the package: built with it, the sources are not installed
+        return built
     newest = max(source.stat().st_mtime, (SOURCES / "loadgen.h").stat().st_mtime)
     if not built.exists() or built.stat().st_mtime < newest:
         BUILD.mkdir(exist_ok=True)

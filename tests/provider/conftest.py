@@ -63,7 +63,7 @@ def provider_cnf(hsm: Hsm, path: Path) -> Path:
     """conf/openssl-mhsm.cnf as shipped, pointed at the built provider and the emulator's conf."""
     assert PROVIDER.exists(), f"{PROVIDER} is missing: `make setup` builds it"
     text = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
-    for old, new in (("/opt/mhsm-tls-offload/build/mhsm.so", str(PROVIDER)),
+    for old, new in (("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(PROVIDER)),
                      ("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {hsm.env['MHSM_PKCS11_CONF']}")):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
