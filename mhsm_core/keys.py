@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from . import signing, tags
 from .config import Options
 from .errors import AccessDenied, HsmError, InvalidArgument, NotFound
-from .transport import HsmTransport
+from .transport import Call, HsmTransport
 
 RSA_SIZES = (2048, 3072, 4096)
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-256K": ec.SECP256K1(), "P-384": ec.SECP384R1(),
@@ -103,6 +103,8 @@ class KeyStore:
         self._listing: tuple[float, list[dict[str, Any]]] | None = None
         self._keys: dict[str, tuple[float, HsmKey]] = {}
         self._misses: dict[tuple[Any, ...], float] = {}
+        # (kid, algorithm) -> the sign call and the start of its body, made once per key version
+        self._sign_calls: dict[tuple[str, str], tuple[Call, bytes]] = {}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -228,9 +230,13 @@ class KeyStore:
 
     def sign(self, key: HsmKey, algorithm: str, digest: bytes) -> bytes:
         """Sign a digest with the key's version; returns the HSM's raw signature, checked locally."""
+        prepared = self._sign_calls.get((key.kid, algorithm))
+        if prepared is None:
+            call = self._transport.prepare("POST", f"/keys/{key.name}/{key.version}/sign", "sign")
+            prepared = self._sign_calls[(key.kid, algorithm)] = (call, b'{"alg":"%s","value":"' % algorithm.encode())
+        call, head = prepared
         try:
-            response = self._transport.request("POST", f"/keys/{key.name}/{key.version}/sign", "sign",
-                                               json={"alg": algorithm, "value": b64url(digest)})
+            response = self._transport.send(call, head + base64.urlsafe_b64encode(digest).rstrip(b"=") + b'"}')
         except (NotFound, AccessDenied):
             self.invalidate(key.name)
             raise
