@@ -184,6 +184,7 @@ class HsmTransport:
         self._trace = curl in ("info", "verbose")
         self._trace_all = curl == "verbose"
         self._hex = bool(log_settings and log_settings.curl_display_as_hex)
+        self._debug = log.isEnabledFor(logging.DEBUG)  # FunctionLevelTrace: every request, as httpx logged them
         self._lock = threading.Lock()
         self._pool: HandlePool | None = None
         self._pid = os.getpid()
@@ -248,12 +249,12 @@ class HsmTransport:
         text = log_module.scrub(data.decode("latin-1"))
         prefix = {pycurl.INFOTYPE_TEXT: "*", pycurl.INFOTYPE_HEADER_IN: "<", pycurl.INFOTYPE_HEADER_OUT: ">",
                   pycurl.INFOTYPE_DATA_IN: "<=", pycurl.INFOTYPE_DATA_OUT: "=>"}.get(kind, "?")
-        if self._hex:
+        if self._hex:  # one record per chunk, as `curl --trace` prints it
             raw = text.encode("latin-1")
-            for offset in range(0, len(raw), 16):
-                chunk = raw[offset:offset + 16]
-                printable = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-                curl_log.info("%s %04x: %-47s %s", prefix, offset, chunk.hex(" "), printable)
+            rows = [f"  {offset:04x}: {raw[offset:offset + 16].hex(' '):<47} "
+                    + "".join(chr(b) if 32 <= b < 127 else "." for b in raw[offset:offset + 16])
+                    for offset in range(0, len(raw), 16)]
+            curl_log.info("%s %d bytes\n%s", prefix, len(raw), "\n".join(rows))
         else:
             for line in text.splitlines():
                 curl_log.info("%s %s", prefix, line)
@@ -333,6 +334,8 @@ class HsmTransport:
         curl.setopt(pycurl.TIMEOUT_MS, int(attempts.attempt_timeout(time.monotonic()) * 1000))
         try:
             curl.perform()
+            if self._debug:
+                log.debug("%s %s: HTTP %s", call.method, call.url.decode(), curl.getinfo(pycurl.RESPONSE_CODE))
         except pycurl.error as exc:
             code, message = exc.args[0], str(exc.args[1]) if len(exc.args) > 1 else ""
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
