@@ -6,8 +6,10 @@ VENV     := .venv
 STAMPS   := .stamps
 # Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
 # Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine and nginx.
+# libcurl4-openssl-dev: pycurl is built against Debian's libcurl and the system OpenSSL (see below).
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
-            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl
+            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl \
+            libcurl4-openssl-dev
 
 .PHONY: setup test demo bench clean
 
@@ -29,6 +31,11 @@ $(STAMPS)/apt: Makefile
 $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
+	@# pycurl from source: the PyPI wheel bundles its own libcurl and OpenSSL, a second OpenSSL inside
+	@# nginx next to the system one. Rebuilt if a wheel got in (its version string names another OpenSSL).
+	$(VENV)/bin/python -m pip install -q --no-binary pycurl pycurl
+	@$(VENV)/bin/python -c "import pycurl, ssl; raise SystemExit(ssl.OPENSSL_VERSION.split()[1] not in pycurl.version)" || \
+		$(VENV)/bin/python -m pip install -q --no-binary pycurl --force-reinstall --no-deps pycurl
 	$(VENV)/bin/python -m pip install -q -e '.[emulator,test,bench]'
 	@touch $@
 
