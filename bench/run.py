@@ -5,7 +5,8 @@ to bench/results/latest.json (and the throughput plot to docs/throughput.png).
     bench/run.py [--quick] [--out FILE] [--plot FILE]
 
 --quick runs each measurement once on a tiny count (what `make test` does, to prove they work);
-its figures mean nothing and are not written to bench/results/ unless --out says so.
+its figures mean nothing and are not written to bench/results/ unless --out says so. The plot of
+measurement 9 is written next to the throughput plot, as blocking.png.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from tqdm import tqdm
 
 from harness import REPO, Figure, Lab, write_results
 
+import blocking
 import cold_start
 import handshakes
+import host_cpu
 import memory
 import nginx_paths
 import resilience
@@ -35,7 +38,8 @@ import throughput
 # (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s)
 FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0)
 QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5)
-TICKS = 8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
+TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
+         + 2 * len(host_cpu.SHAPES) + 1 + len(blocking.KINDS) * len(blocking.LATENCIES_MS))
 
 
 def versions() -> dict[str, str]:
@@ -71,6 +75,31 @@ def plot(curves: dict[str, dict[int, float]], path: Path) -> None:
     axes.set_title(f"Throughput with {throughput.LATENCY_MS:g} ms injected per sign (one run)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def plot_blocking(curves: dict[str, dict[int, tuple[float, float]]], path: Path) -> None:
+    """Measurement 9: handshakes/s and the plain request's p99 against the HSM's latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rate_axes, p99_axes) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for kind, curve in curves.items():
+        ms = sorted(curve)
+        rate_axes.plot(ms, [curve[m][0] for m in ms], marker="o", label=kind)
+        p99_axes.plot(ms, [curve[m][1] for m in ms], marker="o", label=kind)
+    rate_axes.set_ylabel("handshakes/s (4 workers)")
+    p99_axes.set_ylabel("p99 of a plain keep-alive request, ms")
+    for axes in (rate_axes, p99_axes):
+        axes.set_xlabel("latency injected at the HSM, ms")
+        axes.set_xticks(blocking.LATENCIES_MS)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle("nginx with HSM keys: workers block while the HSM answers (one run)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -116,12 +145,18 @@ def main() -> int:
             figures += memory.run(lab, scale["memory"], tick)
             bar.set_postfix_str("resilience")
             figures += resilience.run(lab, scale["resilience"], tick)
+            bar.set_postfix_str("host CPU per sign")
+            figures += host_cpu.run(lab, scale["count"] * 3, scale["seconds"], tick)
+            bar.set_postfix_str("blocking workers")
+            found, blocking_curves = blocking.run(lab, scale["handshake_seconds"], tick)
+            figures += found
     finally:
         lab.close()
     if out:
         write_results(figures, out, versions())
     if plot_path:
         plot(curves, plot_path)
+        plot_blocking(blocking_curves, plot_path.with_name("blocking.png"))
     print(table(figures))
     return 0
 

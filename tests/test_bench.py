@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.conftest import REPO, Emulator
 
 MEASUREMENTS = ("1. sign latency", "2. throughput", "3. nginx handshakes/s", "4. cold start", "5. memory",
-                "6. resilience")
+                "6. resilience", "7. host CPU per sign", "8. nginx worker CPU per handshake", "9. blocking workers")
 
 
 def test_every_measurement_runs_and_reports(tmp_path: Path) -> None:
@@ -35,6 +35,7 @@ def test_every_measurement_runs_and_reports(tmp_path: Path) -> None:
     paths = {f["name"].split(",")[0] for f in figures if f["measurement"] == "3. nginx handshakes/s"}
     assert paths == {"local 1.30", "provider", "pkcs11-provider", "local 1.22", "engine"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "blocking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 6. resilience |" in result.stdout
 
 
