@@ -29,8 +29,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -129,21 +127,20 @@ class HandlePool:
         self.made: list[_Handle] = []
         self._available = threading.Condition()
 
-    @contextmanager
-    def handle(self) -> Iterator[_Handle]:
+    def acquire(self) -> _Handle:
         with self._available:
             while not self._idle and len(self.made) >= self._size:
                 self._available.wait()
-            handle = self._idle.pop() if self._idle else None
-            if handle is None:
-                handle = self._factory()
-                self.made.append(handle)
-        try:
-            yield handle
-        finally:
-            with self._available:
-                self._idle.append(handle)
-                self._available.notify()
+            if self._idle:
+                return self._idle.pop()
+            handle = self._factory()
+            self.made.append(handle)
+            return handle
+
+    def release(self, handle: _Handle) -> None:
+        with self._available:
+            self._idle.append(handle)
+            self._available.notify()
 
 
 _LIVE: "weakref.WeakSet[HsmTransport]" = weakref.WeakSet()
@@ -270,11 +267,15 @@ class HsmTransport:
         """Send the bodiless, token-less call the service answers with its `WWW-Authenticate` challenge."""
         call = self.prepare("GET", "/keys", "challenge", {"maxresults": 1})
         attempts = self._policy.begin(time.monotonic())
-        with self._handles().handle() as handle:
+        pool = self._handles()
+        handle = pool.acquire()
+        try:
             status, failure, _ = self._perform(handle, call, None, list(JSON_HEADERS), attempts, None)
             if failure is not None:
                 raise failure
             return Response(status, None, handle.headers[:]).header("www-authenticate")
+        finally:
+            pool.release(handle)
 
     def request(self, method: str, path: str, operation: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None) -> Response:
@@ -294,7 +295,9 @@ class HsmTransport:
                 self._token, self._authorization = token, f"Authorization: Bearer {token}".encode()
             headers = [self._authorization, *JSON_HEADERS, f"x-ms-client-request-id: {client_id}".encode()]
             retry_after: float | None = None
-            with self._handles().handle() as handle:
+            pool = self._handles()
+            handle = pool.acquire()
+            try:
                 status, failure, retryable = self._perform(handle, call, body, headers, attempts, client_id)
                 if failure is None:
                     data = b"".join(handle.body)
@@ -309,6 +312,8 @@ class HsmTransport:
                     failure = self._error(response, data, call.operation, client_id)
                     retryable = status in RETRY_STATUSES
                     retry_after = retry_after_seconds(response.header("retry-after"))
+            finally:
+                pool.release(handle)
             delay = attempts.pause(time.monotonic(), retry_after) if retryable else None
             if delay is None:
                 raise failure
