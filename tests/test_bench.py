@@ -28,7 +28,9 @@ def test_every_measurement_runs_and_reports(tmp_path: Path) -> None:
     not_measured = [f for f in figures if f["name"].endswith("not measured")]
     assert not not_measured, not_measured  # every path ran, pkcs11-provider included
     for figure in figures:
-        assert math.isfinite(figure["value"]) and figure["value"] > 0 or figure["unit"] == "s", figure
+        # /proc counts other processes' CPU in 10 ms ticks: a quick run's worker CPU may round to 0.
+        may_be_zero = figure["unit"] == "s" or figure["measurement"] == "8. nginx worker CPU per handshake"
+        assert math.isfinite(figure["value"]) and (figure["value"] > 0 or may_be_zero), figure
         if figure["baseline"]:  # the ratio is of the unrounded values (each rounded to 3 decimals)
             slack = 0.0005 * figure["ratio"] + 0.0005 + 0.01 * figure["value"]
             assert abs(figure["ratio"] * figure["baseline"] - figure["value"]) <= slack, figure
