@@ -6,7 +6,6 @@ Targets: CPU per sign <= 2.0x the floor; 16-thread rate >= 0.85x the floor's, RS
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable
 
@@ -15,7 +14,7 @@ from harness import PKCS11_MODULE, Figure, Lab
 from pkcs11_compat.loadgen import binary as loadgen
 from pkcs11_compat.loadgen import run as run_loadgen
 
-from bare_client import token
+from bare_client import signer_rate, token
 from floor_client import FloorSigner
 
 MEASUREMENT = "7. host CPU per sign"
@@ -39,24 +38,7 @@ def floor_cpu_us(lab: Lab, kind: str, count: int) -> float:
 
 def floor_rate(lab: Lab, kind: str, threads: int, seconds: float) -> float:
     bearer = token(lab.info)
-    signers = [FloorSigner(lab.info, lab.names, bearer) for _ in range(threads)]
-    done = [0] * threads
-    stop = time.monotonic() + seconds
-
-    def work(index: int) -> None:
-        while time.monotonic() < stop:
-            done[index] += signers[index].sign(kind)
-
-    began = time.monotonic()
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed = time.monotonic() - began
-    for signer in signers:
-        signer.close()
-    return sum(done) / elapsed
+    return signer_rate([FloorSigner(lab.info, lab.names, bearer) for _ in range(threads)], kind, seconds)
 
 
 def host(lab: Lab, kind: str, via: str, threads: int, amount: str) -> dict[str, float]:
