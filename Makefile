@@ -53,7 +53,7 @@ $(SID_NGINX): provider/fetch_nginx.sh
 test: setup
 	$(VENV)/bin/python -m pytest tests
 
-# Every measurement of docs/performance.md, in one run (about 2.5 minutes on 2 cores).
+# Every measurement of docs/performance.md, in one run (about 3.5 minutes on 2 cores).
 bench: setup
 	cd bench && ../$(VENV)/bin/python run.py
 
