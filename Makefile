@@ -5,13 +5,14 @@ PYTHON   ?= /usr/bin/python3.11
 VENV     := .venv
 STAMPS   := .stamps
 # Build: Python 3.11 with its shared libpython (the shims embed it) and the p11-kit PKCS#11 header.
-# Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine and nginx.
+# Hosts the tests drive: OpenSC's pkcs11-tool, GnuTLS's p11tool, p11-kit, the libp11 engine, nginx and
+# HAProxy (the tests run their own on free ports: the service the package starts is stopped).
 # libcurl4-openssl-dev: pycurl is built against Debian's libcurl and the system OpenSSL (see below).
 APT_PKGS := python3.11 python3.11-venv python3.11-dev libpython3.11-dev build-essential ca-certificates curl \
-            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl \
+            libssl-dev libp11-kit-dev p11-kit opensc gnutls-bin libengine-pkcs11-openssl nginx openssl haproxy \
             libcurl4-openssl-dev
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench soak clean
 
 PKCS11_SO := build/libmhsm-pkcs11.so
 PROVIDER_SO := build/mhsm.so
@@ -24,7 +25,8 @@ $(STAMPS)/apt: Makefile
 	if [ -n "$$missing" ]; then \
 		echo "apt: installing $$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \
+		if echo " $$missing " | grep -q ' haproxy '; then systemctl stop haproxy 2>/dev/null || service haproxy stop 2>/dev/null || true; fi; \
 	fi
 	@mkdir -p $(STAMPS) && touch $@
 
@@ -39,11 +41,13 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[emulator,test,bench]'
 	@touch $@
 
-$(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*)
+# Both shims include the shared embedding code (embedding/csrc/embed.c).
+EMBED_SRC := embedding/build.py $(wildcard embedding/csrc/*)
+
+$(PKCS11_SO): $(STAMPS)/venv pkcs11_compat/build.py $(wildcard pkcs11_compat/csrc/*) $(EMBED_SRC)
 	$(VENV)/bin/python -m pkcs11_compat.build build
 
-# The provider includes the PKCS#11 module's embedding code (pkcs11_compat/csrc/embed.c).
-$(PROVIDER_SO): $(STAMPS)/venv provider/build.py pkcs11_compat/build.py $(wildcard provider/csrc/*) $(wildcard pkcs11_compat/csrc/*)
+$(PROVIDER_SO): $(STAMPS)/venv provider/build.py $(wildcard provider/csrc/*) $(EMBED_SRC)
 	$(VENV)/bin/python -m provider.build build
 
 # nginx >= 1.29 (store: keys) from Debian sid, unpacked under .cache with its own loader.
@@ -56,6 +60,12 @@ test: setup
 # Every measurement of docs/performance.md, in one run (about 3.5 minutes on 2 cores).
 bench: setup
 	cd bench && ../$(VENV)/bin/python run.py
+
+# Both nginx paths under every fault kind, reloads and an HSM restart, with issue 13's fault mix
+# (tests/soak/soak.py; `make test` runs a 36 s version with bursts within MaxRetries).
+SOAK_SECONDS ?= 180
+soak: setup
+	$(VENV)/bin/python -m tests.soak.soak --seconds $(SOAK_SECONDS) --mix issue
 
 demo: setup
 	$(VENV)/bin/python demo/demo.py

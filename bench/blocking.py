@@ -1,4 +1,4 @@
-"""9. What a worker that blocks while the HSM answers costs: nginx (4 workers, our provider, new
+"""11. What a worker that blocks while the HSM answers costs: nginx (4 workers, our provider, new
 sessions) with 0, 1, 5 and 20 ms injected at the HSM's sign: handshakes/s, and the p99 latency of a
 plain request (`GET /ping`, no key operation) on a keep-alive connection opened before the load,
 while the handshakes run. The same plain request against a local key file under the same load is
@@ -18,7 +18,7 @@ from harness import Figure, Lab, percentile
 import nginx_paths
 import tls_load
 
-MEASUREMENT = "9. blocking workers"
+MEASUREMENT = "11. blocking workers"
 LATENCIES_MS = (0, 1, 5, 20)
 KINDS = ("RSA", "EC")
 PING = b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n"

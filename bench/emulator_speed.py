@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""How fast is the emulator? RSA-2048 PS256 signs per second over real HTTPS, with latency percentiles.
+"""How fast is the emulator? Signs per second over real HTTPS (RSA-2048 PS256 and EC P-256 ES256),
+with latency percentiles and the emulator's own CPU per sign.
 
-Why: tests and the demo drive TLS handshakes through the emulator, so its throughput and its
-per-request overhead bound what they can measure. The client is bare httpx over keep-alive (one
-client per thread), the way the core library talks to Managed HSM, so no SDK cost is counted.
+Why: tests, the demo and every benchmark drive signatures through the emulator, so its throughput
+and its per-request cost bound what they can measure. The client is bare httpx over keep-alive
+(one client per thread), so no SDK cost is counted; the client shares the machine's cores, so the
+figure that does not depend on the client is signs per emulator CPU-second ("per core"), taken from
+the emulator process's own user+system time over each point.
 
-    bench/emulator_speed.py --count 2000 --concurrency 1,16 --json out.json
+    bench/emulator_speed.py --count 2000 --concurrency 1,16 --keys rsa,ec --json out.json
 
-Reported: signs/s and p50/p99 per concurrency; the p50 of `POST /rng` (count 1), a trivial
-authenticated call, as the emulator's per-request overhead; and a local `cryptography` RSA-2048
-PS256 sign for comparison with what the signing itself costs.
+Reported per key type and concurrency: signs/s, signs per emulator CPU-second, p50/p99; the p50 of
+`POST /rng` (count 1), a trivial authenticated call, as the per-request overhead; and a local
+`cryptography` RSA-2048 PS256 sign for comparison with what the signing itself costs.
 """
 
 from __future__ import annotations
@@ -36,9 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from mhsm_emulator import launcher  # noqa: E402
 
 API = {"api-version": "7.5"}
-KEY_NAME = "bench-rsa-2048"
 DIGEST = hashlib.sha256(b"emulator speed").digest()
-SIGN_BODY = {"alg": "PS256", "value": base64.urlsafe_b64encode(DIGEST).rstrip(b"=").decode()}
+_VALUE = base64.urlsafe_b64encode(DIGEST).rstrip(b"=").decode()
+# key type: (key name, create body, sign body)
+KEYS = {
+    "rsa": ("bench-rsa-2048", {"kty": "RSA-HSM", "key_size": 2048}, {"alg": "PS256", "value": _VALUE}),
+    "ec": ("bench-ec-p256", {"kty": "EC-HSM", "crv": "P-256"}, {"alg": "ES256", "value": _VALUE}),
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc: fields 14 and 15 of stat, in ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def token(info: dict[str, Any], tls: ssl.SSLContext) -> str:
@@ -64,8 +78,8 @@ def percentile(samples: list[float], p: float) -> float:
     return 1000.0 * ordered[max(0, math.ceil(p / 100.0 * len(ordered)) - 1)]
 
 
-def run_signs(info: dict[str, Any], tls: ssl.SSLContext, bearer: str, kid_path: str, count: int,
-              threads: int) -> dict[str, Any]:
+def run_signs(info: dict[str, Any], tls: ssl.SSLContext, bearer: str, kid_path: str, sign_body: dict[str, str],
+              count: int, threads: int) -> dict[str, Any]:
     """`count` signs split over `threads` threads, each with its own warmed-up client."""
     latencies: list[float] = []
     errors = [0]
@@ -77,12 +91,12 @@ def run_signs(info: dict[str, Any], tls: ssl.SSLContext, bearer: str, kid_path: 
         mine: list[float] = []
         failed = 0
         with client(info, tls, bearer) as http:
-            http.post(f"{kid_path}/sign", params=API, json=SIGN_BODY)  # connect + TLS handshake, not timed
+            http.post(f"{kid_path}/sign", params=API, json=sign_body)  # connect + TLS handshake, not timed
             barrier.wait(timeout=120)  # a thread that cannot connect breaks the barrier, not hangs
             for _ in range(share):
                 started = time.perf_counter()
                 try:
-                    ok = http.post(f"{kid_path}/sign", params=API, json=SIGN_BODY).status_code == 200
+                    ok = http.post(f"{kid_path}/sign", params=API, json=sign_body).status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 mine.append(time.perf_counter() - started)
@@ -95,12 +109,14 @@ def run_signs(info: dict[str, Any], tls: ssl.SSLContext, bearer: str, kid_path: 
     for w in workers:
         w.start()
     barrier.wait(timeout=120)
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), cpu_seconds(info["pid"])
     for w in workers:
         w.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(info["pid"]) - cpu_before
     return {"concurrency": threads, "count": count, "seconds": round(elapsed, 3),
-            "signs_per_second": round(count / elapsed, 1), "p50_ms": round(percentile(latencies, 50), 3),
+            "signs_per_second": round(count / elapsed, 1), "emulator_cpu_seconds": round(cpu, 3),
+            "signs_per_core_second": round(count / cpu, 1) if cpu > 0 else None,
+            "p50_ms": round(percentile(latencies, 50), 3),
             "p99_ms": round(percentile(latencies, 99), 3), "errors": errors[0]}
 
 
@@ -132,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="signs per concurrency point (default 2000)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated thread counts (default 1,16)")
+    parser.add_argument("--keys", default="rsa,ec", help="comma-separated key types: rsa, ec (default both)")
     parser.add_argument("--state-dir", type=Path, help="emulator state dir (default: a temporary one)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here as JSON")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    kinds = [k.strip() for k in args.keys.split(",") if k.strip()]
     if args.count < 1 or not levels or min(levels) < 1:
         parser.error("--count and every --concurrency value must be at least 1")
+    if not kinds or not set(kinds) <= set(KEYS):
+        parser.error(f"--keys takes {', '.join(KEYS)}")
 
     with tempfile.TemporaryDirectory(prefix="mhsm-bench-") as scratch:
         emulator = launcher.start(args.state_dir or Path(scratch) / "state", timeout=60)
@@ -145,22 +165,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tls = ssl.create_default_context(cafile=info["ca_file"])
             bearer = token(info, tls)
-            with client(info, tls, bearer) as http:
-                created = http.post(f"/keys/{KEY_NAME}/create", params=API, json={"kty": "RSA-HSM", "key_size": 2048})
-                created.raise_for_status()
-            kid_path = httpx.URL(created.json()["key"]["kid"]).path
-            points = [run_signs(info, tls, bearer, kid_path, args.count, n) for n in levels]
+            points = []
+            for kind in kinds:
+                name, create, sign_body = KEYS[kind]
+                with client(info, tls, bearer) as http:
+                    created = http.post(f"/keys/{name}/create", params=API, json=create)
+                    created.raise_for_status()
+                kid_path = httpx.URL(created.json()["key"]["kid"]).path
+                points += [{"key": kind, **run_signs(info, tls, bearer, kid_path, sign_body, args.count, n)}
+                           for n in levels]
             overhead = rng_overhead(info, tls, bearer, min(args.count, 1000))
             local = local_sign(min(args.count, 1000))
         finally:
             emulator.stop(timeout=10)
 
-    results = {"key": "RSA-2048", "algorithm": "PS256", "points": points, "rng_p50_ms": overhead,
+    results = {"keys": {k: KEYS[k][2]["alg"] for k in kinds}, "points": points, "rng_p50_ms": overhead,
                "local_sign_p50_ms": local, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    print(f"{'threads':>7} {'signs':>7} {'signs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'key':>4} {'threads':>7} {'signs':>7} {'signs/s':>9} {'per core':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6}")
     for p in points:
-        print(f"{p['concurrency']:>7} {p['count']:>7} {p['signs_per_second']:>9.1f} {p['p50_ms']:>8.3f} "
-              f"{p['p99_ms']:>8.3f} {p['errors']:>6}")
+        per_core = p["signs_per_core_second"] or 0.0
+        print(f"{p['key']:>4} {p['concurrency']:>7} {p['count']:>7} {p['signs_per_second']:>9.1f} {per_core:>9.1f} "
+              f"{p['p50_ms']:>8.3f} {p['p99_ms']:>8.3f} {p['errors']:>6}")
     print(f"per-request overhead (POST /rng p50): {overhead:.3f} ms; "
           f"local cryptography RSA-2048 PS256 sign p50: {local:.3f} ms")
     if args.json:

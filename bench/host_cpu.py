@@ -1,4 +1,4 @@
-"""7. What a signature costs the host: CPU per sign of a C host through (a) the PKCS#11 module
+"""9. What a signature costs the host: CPU per sign of a C host through (a) the PKCS#11 module
 (p11load) and (b) the provider (evpload), sequential, against the floor client (bench/floor_client.py)
 in the same run; and signs/s with 16 threads and 5 ms injected at the HSM, module against floor.
 Targets: CPU per sign <= 2.0x the floor; 16-thread rate >= 0.85x the floor's, RSA-2048 PSS and EC P-256.
@@ -17,7 +17,7 @@ from pkcs11_compat.loadgen import run as run_loadgen
 from bare_client import signer_rate, token
 from floor_client import FloorSigner
 
-MEASUREMENT = "7. host CPU per sign"
+MEASUREMENT = "9. host CPU per sign"
 CPU_TARGET, RATE_TARGET = 2.0, 0.85
 THREADS, LATENCY_MS = 16, 5.0
 SHAPES = {"RSA": ("RSA-2048 PSS", "rsa-pss"), "EC": ("EC P-256", "ecdsa")}

@@ -6,7 +6,7 @@ to bench/results/latest.json (and the throughput plot to docs/throughput.png).
 
 --quick runs each measurement once on a tiny count (what `make test` does, to prove they work);
 its figures mean nothing and are not written to bench/results/ unless --out says so. The plot of
-measurement 9 is written next to the throughput plot, as blocking.png.
+measurement 11 is written next to the throughput plot, as blocking.png.
 """
 
 from __future__ import annotations
@@ -28,18 +28,24 @@ from harness import REPO, Figure, Lab, write_results
 import blocking
 import cold_start
 import handshakes
+import haproxy_async
 import host_cpu
+import key_lookup
 import memory
 import nginx_paths
 import resilience
 import sign_latency
 import throughput
 
-# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s)
-FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0)
-QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5)
-TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3
-         + 2 * len(host_cpu.SHAPES) + 1 + len(blocking.KINDS) * len(blocking.LATENCIES_MS))
+# (sign count, throughput s per point, handshake s per case, cold-start runs, memory handshakes, resilience s,
+#  HAProxy s per case)
+FULL = dict(count=300, seconds=2.0, handshake_seconds=3.0, runs=5, memory=1000, resilience=4.0, haproxy=4.0)
+QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, resilience=0.5, haproxy=0.5)
+# (key lookup runs per point, keys on the HSM per point)
+LOOKUP = {"full": (3, key_lookup.COUNTS), "quick": (1, (10, 30, 60))}
+TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3 + 3
+         + len(haproxy_async.CASES) + 1 + 2 * len(host_cpu.SHAPES) + 1
+         + len(blocking.KINDS) * len(blocking.LATENCIES_MS))
 
 
 def versions() -> dict[str, str]:
@@ -81,7 +87,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path) -> None:
 
 
 def plot_blocking(curves: dict[str, dict[int, tuple[float, float]]], path: Path) -> None:
-    """Measurement 9: handshakes/s and the plain request's p99 against the HSM's latency."""
+    """Measurement 11: handshakes/s and the plain request's p99 against the HSM's latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,6 +151,11 @@ def main() -> int:
             figures += memory.run(lab, scale["memory"], tick)
             bar.set_postfix_str("resilience")
             figures += resilience.run(lab, scale["resilience"], tick)
+            bar.set_postfix_str("key lookup")
+            lookup_runs, key_counts = LOOKUP["quick" if args.quick else "full"]
+            figures += key_lookup.run(lab, lookup_runs, tick, key_counts)
+            bar.set_postfix_str("HAProxy async")
+            figures += haproxy_async.run(lab, scale["haproxy"], tick)
             bar.set_postfix_str("host CPU per sign")
             figures += host_cpu.run(lab, scale["count"] * 3, scale["seconds"], tick)
             bar.set_postfix_str("blocking workers")

@@ -94,6 +94,7 @@ class Log:
     curl_level: str = "Off"
     level: str = "info"  # extension
     curl_display_as_hex: bool = False
+    send_errors_to_stderr: bool = True  # extension: errors reach the host's error log unless turned off
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ def _log(r: _Reader, document: dict[str, Any]) -> Log:
     curl = r.section(module, "curl", "log.module.curl", {"Level", "DisplayAsHex"})
     flags = r.section(log, "flags", "log.flags", {
         "CloseFileAfterWrite", "SendToFile", "SendToStdOut", "SendToStdErr", "IncludeProcessId", "IncludeThreadId",
-        "IncludePINs"})
+        "IncludePINs", "SendErrorsToStdErr"})
     if r.get(flags, "IncludePINs", "log.flags", "bool", False):
         r.warnings.append("log.flags.IncludePINs: ignored; PINs, secrets and tokens are never logged")
 
@@ -285,7 +286,8 @@ def _log(r: _Reader, document: dict[str, Any]) -> Log:
         r.get(module, "P11Interfaces", "log.module", "bool", False),
         r.get(curl, "Level", "log.module.curl", "str", "Off", _one_of(CURL_LEVELS, fold=True)),
         r.get(log, "level", "log", "str", "info", _one_of(LOG_LEVELS)).lower(),
-        r.get(curl, "DisplayAsHex", "log.module.curl", "bool", False))
+        curl_display_as_hex=r.get(curl, "DisplayAsHex", "log.module.curl", "bool", False),
+        send_errors_to_stderr=r.get(flags, "SendErrorsToStdErr", "log.flags", "bool", True))
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import ssl
 import threading
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import requests
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ClientSecretCredential, CredentialUnavailableError, ManagedIdentityCredential
 
@@ -29,6 +30,14 @@ SCOPE = "https://managedhsm.azure.net/.default"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 CLIENT_ID_ENV, CLIENT_SECRET_ENV = "MHSM_CLIENT_ID", "MHSM_CLIENT_SECRET"
 CHALLENGE_TENANT = re.compile(r'authorization(?:_uri)?="?https://[^/"]+/([^/",\s]+)', re.IGNORECASE)
+# How azure-identity and MSAL put the login service's status in their messages.
+HTTP_STATUS = re.compile(r"\b(?:HTTP Error:?|status(?: code)?:?)\s*(\d{3})\b", re.IGNORECASE)
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# OAuth 2.0 error codes (RFC 6749 §5.2 and Entra's) that mean "try again": MSAL's managed-identity
+# client reports an identity endpoint's 503 by its code alone, without the status.
+TRANSIENT_OAUTH = re.compile(r"\((?:temporarily_unavailable|service_unavailable|server_error)\)")
+BACKOFF_BASE, BACKOFF_CAP = 0.25, 4.0
+EARLY_REFRESH_PAUSE = 2.0  # seconds between attempts to refresh a still-valid token that failed to refresh
 log = logging.getLogger("mhsm.credentials")
 
 
@@ -82,8 +91,12 @@ def tenant_from_challenge(header: str | None) -> str | None:
 class TokenCache:
     """Bearer tokens for the HSM: cached, refreshed ahead of expiry, fetched by one caller at a time.
 
-    While a token is still valid but inside the refresh window, one caller refreshes it and the others
-    keep using the valid one; once it has expired, the others wait for the refresh.
+    While a token is still valid but inside the refresh window, nobody waits for the refresh: in a
+    forked child (an nginx worker) a short-lived thread refreshes it; in the process that loaded the
+    library (a master that will fork, where no Python thread may be started) the first caller tries
+    once and everybody else keeps using the valid token. Once the token has expired, callers wait
+    for one refresh, which retries a login service's transient failures (429, 5xx, connection
+    errors) within `options.RetryBudget` seconds, as the HSM transport does.
     """
 
     def __init__(self, config: Config, tenant: Callable[[], str], principal: ServicePrincipal | None = None) -> None:
@@ -95,7 +108,9 @@ class TokenCache:
         self._token: str | None = None
         self._expires_at = 0.0
         self._refresh_at = 0.0
-        self._pid = os.getpid()
+        self._pid = self._origin_pid = os.getpid()
+        self._lock_pid = self._origin_pid
+        self._refreshing = False  # a background refresh is under way (forked children only)
         self._abandoned: list[Any] = []
         # The CA file is read now, once, as the transport does (see _ContextAdapter).
         options = config.options
@@ -103,15 +118,24 @@ class TokenCache:
                             if options.ca_file and not options.disable_tls_authentication else None)
 
     def _connection(self, verify: Any) -> dict[str, Any]:
-        """azure-identity keyword arguments for how to reach the authority / identity endpoint."""
+        """azure-identity keyword arguments: how to reach the authority / identity endpoint, and no
+        retries of azure-core's own (they would multiply ours, and MSAL replays a 5xx it has seen for
+        a while anyway: `_fetch` retries with fresh credential objects, within the budget)."""
+        extra: dict[str, Any] = {"retry_total": 0}
         if self._ca_context is None:
-            return {"connection_verify": verify}
+            return {"connection_verify": verify, **extra}
         session = requests.Session()
         session.mount("https://", _ContextAdapter(self._ca_context))
-        return {"transport": RequestsTransport(session=session, session_owner=False)}
+        return {"transport": RequestsTransport(session=session, session_owner=False), **extra}
+
+    def _after_fork(self) -> None:
+        """A forked child: a lock the parent's refresh thread held would stay held here forever."""
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid, self._refreshing = threading.Lock(), os.getpid(), False
 
     def set_principal(self, principal: ServicePrincipal | None) -> None:
         """Log-in with a PIN-carried principal (or log-out): drop the credentials and token of the last one."""
+        self._after_fork()
         with self._lock:
             self._principal, self._credentials, self._token = principal, None, None
             self._expires_at = self._refresh_at = 0.0
@@ -121,7 +145,11 @@ class TokenCache:
         token = self._token
         if token and not force_refresh and now < self._refresh_at:
             return token
+        self._after_fork()
         if token and not force_refresh and now < self._expires_at:
+            if os.getpid() != self._origin_pid:
+                self._refresh_in_background()
+                return token
             if not self._lock.acquire(blocking=False):
                 return token  # somebody is refreshing; this one is still good
             try:
@@ -138,12 +166,37 @@ class TokenCache:
                 self._credentials = None
             return self._refresh(keep_on_failure=False)
 
-    def _refresh(self, keep_on_failure: bool) -> str:
+    def _refresh_in_background(self) -> None:
+        """Start one short-lived refresh thread, unless one is running (forked children only: see the class)."""
+        if self._refreshing or not self._lock.acquire(blocking=False):
+            return  # one is running, or a caller holds the lock for a refresh of its own
         try:
-            info = self._fetch()
+            if self._refreshing:
+                return
+            self._refreshing = True
+        finally:
+            self._lock.release()
+        threading.Thread(target=self._background_refresh, name="mhsm-token-refresh", daemon=True).start()
+
+    def _background_refresh(self) -> None:
+        try:
+            with self._lock:
+                if time.time() >= self._refresh_at:
+                    self._refresh(keep_on_failure=True)
+        except Exception:  # the current token stays in use; the next caller after the pause tries again
+            log.exception("background token refresh failed")
+        finally:
+            self._refreshing = False
+
+    def _refresh(self, keep_on_failure: bool) -> str:
+        """Fetch a token. With a valid one in hand (keep_on_failure) try once and keep it on failure;
+        without, retry transient failures within the budget."""
+        try:
+            info = self._fetch(retry=not keep_on_failure)
         except AuthenticationError:
             if keep_on_failure and self._token:
                 log.warning("token refresh failed; using the current token until it expires")
+                self._refresh_at = min(self._expires_at, time.time() + EARLY_REFRESH_PAUSE)
                 return self._token
             raise
         lifetime = max(1.0, info.expires_on - time.time())
@@ -152,18 +205,45 @@ class TokenCache:
         self._refresh_at = self._expires_at - min(300.0, lifetime / 5)
         return info.token
 
-    def _fetch(self) -> Any:
+    def _fetch(self, retry: bool = True) -> Any:
+        """One token from the first credential that gives one. When every credential failed and one of
+        them for a transient reason, try again with backoff until `options.RetryBudget` is spent."""
+        deadline = time.monotonic() + (self._config.options.retry_budget if retry else 0.0)
+        attempt = 0
+        while True:
+            attempt += 1
+            failures, wait = self._try_chain()
+            if not isinstance(failures, list):
+                return failures
+            if not failures:
+                raise AuthenticationError(f"could not get a token for Managed HSM: no credential configured; set "
+                                          f"{CLIENT_ID_ENV} and {CLIENT_SECRET_ENV}, log in with the PIN "
+                                          "'<client-id>:<client-secret>', or enable msi.identityMSI in the "
+                                          "configuration")
+            message = "could not get a token for Managed HSM; tried " + "; ".join(failures)
+            delay = wait if wait is not None else random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+            if wait is False or time.monotonic() + delay > deadline:
+                raise AuthenticationError(message)
+            log.warning("%s; retry %d in %.2fs", message, attempt, delay)
+            time.sleep(delay)
+            # MSAL remembers a 5xx it was given and replays it for a while: start with fresh objects.
+            self._abandoned.append(self._credentials)
+            self._credentials = None
+
+    def _try_chain(self) -> tuple[Any, Any]:
+        """(token info, None) on success; else (failure lines, the wait before a retry: a float from a
+        Retry-After, None for the usual backoff, False when no failure was transient)."""
         failures: list[str] = []
+        transient, retry_after = False, None
         for name, credential in self._chain():
             try:
-                return credential.get_token_info(SCOPE)
-            except (ClientAuthenticationError, CredentialUnavailableError, ValueError) as exc:
+                return credential.get_token_info(SCOPE), None
+            except (AzureError, CredentialUnavailableError, ValueError) as exc:
                 failures.append(f"{name}: {_first_line(str(exc))}")
-        if not failures:
-            raise AuthenticationError(f"could not get a token for Managed HSM: no credential configured; set "
-                                      f"{CLIENT_ID_ENV} and {CLIENT_SECRET_ENV}, log in with the PIN "
-                                      "'<client-id>:<client-secret>', or enable msi.identityMSI in the configuration")
-        raise AuthenticationError("could not get a token for Managed HSM; tried " + "; ".join(failures))
+                if _is_transient(exc):
+                    transient = True
+                    retry_after = retry_after if retry_after is not None else _retry_after(exc)
+        return failures, (retry_after if transient else False)
 
     def _chain(self) -> list[tuple[str, Any]]:
         if self._pid != os.getpid():
@@ -214,3 +294,45 @@ def _first_line(text: str) -> str:
         reason = (unreachable["reason"] or unreachable["timeout"]).strip().lower()
         return f"cannot reach the login service at {unreachable['host']}:{unreachable['port']} ({reason})"
     return text.strip().splitlines()[0] if text.strip() else "failed"
+
+
+def _chain_of(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it: azure-identity wraps the pipeline's error (which has the
+    response) in its own."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _status(exc: BaseException) -> int | None:
+    for link in _chain_of(exc):
+        status = getattr(getattr(link, "response", None), "status_code", None) or getattr(link, "status_code", None)
+        if isinstance(status, int):
+            return status
+        found = HTTP_STATUS.search(str(link))
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _is_transient(exc: Exception) -> bool:
+    """A failure worth retrying: the login service (or identity endpoint) overloaded, briefly down, or
+    not reachable now. A refused secret or an unknown tenant is not."""
+    status = _status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUSES
+    return any(isinstance(link, (ServiceRequestError, ServiceResponseError))
+               or UNREACHABLE.search(str(link)) or TRANSIENT_OAUTH.search(str(link)) for link in _chain_of(exc))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    responses = [getattr(link, "response", None) for link in _chain_of(exc)]
+    headers = next((r.headers for r in responses if getattr(r, "headers", None)), {})
+    try:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        return min(BACKOFF_CAP, max(0.0, float(value))) if value is not None else None
+    except (TypeError, ValueError):
+        return None

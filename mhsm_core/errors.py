@@ -47,3 +47,8 @@ class AuthenticationError(MhsmError):
 
 class InvalidArgument(MhsmError):
     """A caller passed something the core cannot use (wrong digest length, unknown mechanism...)."""
+
+
+class KeyMismatch(InvalidArgument):
+    """A key's tags say one type or curve and the key is another (tags edited by hand): the key is
+    not used, since a host would pick a mechanism, or a certificate, for a key it is not."""

@@ -2,8 +2,9 @@
 
 A front end loads a `Library` once (in the nginx master, before the fork) and calls it from any
 thread or forked child: the transport and credentials notice a new pid and rebuild their
-connections; the configuration, the CA and the cached token and keys stay usable, because a worker
-that has dropped privileges may no longer be able to read them.
+connections; the configuration, the CA, the cached token and keys and every module signing needs
+(imported here: `signing.warm_up`) stay usable, because a worker that has dropped privileges, or a
+chrooted one, may no longer be able to read them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 
 from . import config as config_module
 from . import log as log_module
+from . import signing
 from .config import Config, Token
 from .credentials import TokenCache, principal_from_env, principal_from_pin, tenant_from_challenge
 from .errors import AuthenticationError
@@ -79,6 +81,7 @@ class Library:
         for warning in config.warnings:
             logger.warning("%s: %s", config.path, warning)
         self.hsms = {token.slot_id: Hsm(config, token) for token in config.tokens}
+        signing.warm_up()  # every import the signing path needs, before the host forks or drops privileges
         self.pid = os.getpid()
 
     @classmethod

@@ -1,36 +1,29 @@
 """Keys on one HSM: find by attributes (with a cache), read the public part, create, sign, retag.
 
-The cache keeps what was found for `options.KeyCacheTTL` seconds and what was not found for
-`options.NegativeCacheTTL`; a 404 or 403 on a key drops it at once. A signature coming back from the
-HSM is verified with the cached public key before anyone sees it.
+Finding and its caches are in lookup.py. A signature coming back from the HSM is verified with the
+cached public key before anyone sees it.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import threading
-import time
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import signing, tags
 from .config import Options
-from .errors import AccessDenied, HsmError, InvalidArgument, NotFound
+from .errors import AccessDenied, HsmError, InvalidArgument, KeyMismatch, NotFound
+from .lookup import KeyLookup, Query
 from .transport import Call, HsmTransport
 
 RSA_SIZES = (2048, 3072, 4096)
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-256K": ec.SECP256K1(), "P-384": ec.SECP384R1(),
                                        "P-521": ec.SECP521R1()}
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -57,6 +50,10 @@ class HsmKey:
     public_attributes: dict[str, Any] = field(repr=False)
 
     @property
+    def description(self) -> str:
+        return describe(self.kty, self.size, self.curve)
+
+    @property
     def label(self) -> str | None:
         return self.private_attributes.get("CKA_LABEL")
 
@@ -80,13 +77,11 @@ class HsmKey:
                                                    int.from_bytes(b64url_decode(jwk["y"]), "big"),
                                                    CURVES[curve]).public_key()
             kty, size = "EC", public.curve.key_size
-        private_attributes, public_attributes = tags.from_tags(bundle.get("tags"))
-        # A key stored without CKA_ID still gets one, unique to the key: PKCS#11 hosts find a key
-        # again by its id (pkcs11-tool --label, pkcs11-provider after a fork), and keys made without
-        # --id would otherwise all share the empty one.
-        stored_id = private_attributes.get("CKA_ID") or public_attributes.get("CKA_ID") or default_key_id(name)
-        private_attributes.setdefault("CKA_ID", stored_id)
-        public_attributes.setdefault("CKA_ID", stored_id)
+        claimed = (bundle.get("tags") or {}).get(tags.KEY_TYPE)
+        if claimed is not None and claimed != describe(kty, size, curve):
+            raise KeyMismatch(f"key {name}: its tag {tags.KEY_TYPE} says '{claimed}' but the key is "
+                              f"{describe(kty, size, curve)}; it is not used until the tag is corrected or removed")
+        private_attributes, public_attributes = tags.attributes_of(name, bundle.get("tags"))
         return cls(name, version, kid, kty, size, curve, public, tuple(jwk.get("key_ops", ())),
                    attributes.get("enabled", True), attributes.get("nbf"), attributes.get("exp"),
                    dict(bundle.get("tags") or {}), private_attributes, public_attributes)
@@ -97,95 +92,36 @@ class KeyStore:
 
     def __init__(self, transport: HsmTransport, options: Options) -> None:
         self._transport = transport
-        self._ttl = options.key_cache_ttl
-        self._negative_ttl = options.negative_cache_ttl
-        self._lock = threading.Lock()
-        self._listing: tuple[float, list[dict[str, Any]]] | None = None
-        self._keys: dict[str, tuple[float, HsmKey]] = {}
-        self._misses: dict[tuple[Any, ...], float] = {}
+        self._lookup = KeyLookup(transport, options, HsmKey.from_bundle)
         # (kid, algorithm) -> the sign call and the start of its body, made once per key version
         self._sign_calls: dict[tuple[str, str], tuple[Call, bytes]] = {}
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- reading (mhsm_core/lookup.py) -----------------------------------------------------------
 
     def get(self, name: str) -> HsmKey:
         """The latest version of a key, by name."""
-        now = time.monotonic()
-        cached = self._keys.get(name.lower())
-        if cached and cached[0] > now:
-            return cached[1]
-        try:
-            bundle = self._transport.request("GET", f"/keys/{name}/", "get key").body
-        except (NotFound, AccessDenied):
-            self.invalidate(name)
-            raise
-        key = HsmKey.from_bundle(bundle)
-        with self._lock:
-            self._keys[name.lower()] = (now + self._ttl, key)
-        return key
-
-    def _list(self, refresh: bool) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        if not refresh and self._listing and self._listing[0] > now:
-            return self._listing[1]
-        items: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"maxresults": 25}
-        path = "/keys"
-        while True:
-            page = self._transport.request("GET", path, "list keys", params=params).body
-            items.extend(page.get("value", []))
-            next_link = page.get("nextLink")
-            if not next_link:
-                break
-            # Follow the opaque link, but with our own api-version (the SDKs do the same).
-            path, params = _split_next_link(next_link)
-        with self._lock:
-            self._listing = (now + self._ttl, items)
-        return items
+        return self._lookup.get(name)
 
     def keys(self, refresh: bool = False, include_foreign: bool = False) -> list[HsmKey]:
         """Every key the library can use (by default only those with p11_ tags), with public parts."""
-        found = []
-        for item in self._list(refresh):
-            if include_foreign or tags.is_library_key(item.get("tags")):
-                name = item["kid"].rstrip("/").split("/")[-1]
-                try:
-                    found.append(self.get(name))
-                except (NotFound, AccessDenied):
-                    continue
-        return found
+        return self._lookup.keys(refresh, include_foreign)
 
     def find(self, *, label: str | None = None, key_id: bytes | None = None, kty: str | None = None,
              side: str = "private", include_foreign: bool = False) -> list[HsmKey]:
         """Keys whose stored attributes match; `side` picks the private or the public object's attributes."""
-        signature = (label, key_id, kty, side, include_foreign)
-        now = time.monotonic()
-        if self._misses.get(signature, 0) > now:
-            return []
-        for refresh in (False, True):  # a miss in the cached listing re-lists once: the key may be new
-            matches = [k for k in self.keys(refresh, include_foreign) if _matches(k, label, key_id, kty, side)]
-            if matches:
-                return matches
-        with self._lock:
-            self._misses[signature] = now + self._negative_ttl
-        return []
+        return self._lookup.find(Query(label, key_id, kty, side, include_foreign))
 
     def invalidate(self, name: str | None = None) -> None:
-        with self._lock:
-            if name is None:
-                self._keys.clear()
-            else:
-                self._keys.pop(name.lower(), None)
-            self._listing = None
-            self._misses.clear()
+        self._lookup.invalidate(name)
 
     # -- changing ------------------------------------------------------------------------------
 
     def create(self, kty: str, *, size: int | None = None, curve: str | None = None,
                private_attributes: dict[str, Any] | None = None, public_attributes: dict[str, Any] | None = None,
                key_ops: tuple[str, ...] = ("sign", "verify"), not_before: int | None = None,
-               expires: int | None = None) -> HsmKey:
-        """Create a key named `p11-<32 hex>`, as the official tool names them."""
+               expires: int | None = None, own_tags: dict[str, str] | None = None) -> HsmKey:
+        """Create a key named `p11-<32 hex>`, as the official tool names them; `own_tags` are kept
+        as they are, beside the attribute tags (a front end's marks, e.g. a session key's owner)."""
         body: dict[str, Any] = {"key_ops": list(key_ops)}
         if kty == "RSA":
             if size not in RSA_SIZES:
@@ -203,12 +139,12 @@ class KeyStore:
         if expires is not None:
             attributes["exp"] = expires
         body["attributes"] = attributes
-        body["tags"] = tags.merge({}, private_attributes or {}, public_attributes or {})
+        body["tags"] = tags.merge({**(own_tags or {}), **tags.key_type_tag(describe(kty, size, curve))},
+                                  private_attributes or {}, public_attributes or {})
         name = f"p11-{uuid.uuid4().hex}"
         key = HsmKey.from_bundle(self._transport.request("POST", f"/keys/{name}/create", "create key", json=body).body)
         self.invalidate()
-        with self._lock:
-            self._keys[name.lower()] = (time.monotonic() + self._ttl, key)
+        self._lookup.remember(key)
         return key
 
     def set_attributes(self, key: HsmKey, private: dict[str, Any], public: dict[str, Any]) -> HsmKey:
@@ -220,11 +156,23 @@ class KeyStore:
         self.invalidate(key.name)
         return updated
 
+    def destroy(self, key: HsmKey) -> None:
+        """Delete a key and purge it, so nothing is left soft-deleted (the name can never be reused
+        anyway). A purge the identity may not do (Crypto User has no `deletedKeys/delete`) raises
+        AccessDenied with the key deleted but recoverable until the HSM's retention ends."""
+        self.invalidate(key.name)
+        try:
+            self._transport.request("DELETE", f"/keys/{key.name}", "delete key")
+        except NotFound:
+            pass  # already gone
+        self._transport.request("DELETE", f"/deletedkeys/{key.name}", "purge key")
+
     def adopt(self, name: str, label: str, key_id: bytes | None = None) -> HsmKey:
         """Give an existing key (not made by this library) the p11_ tags, so it can be found by label."""
         key = self.get(name)
         private: dict[str, Any] = {"CKA_LABEL": label} | ({"CKA_ID": key_id} if key_id else {})
-        return self.set_attributes(key, private, dict(private))
+        typed = dataclasses.replace(key, tags=tags.key_type_tag(key.description) | key.tags)
+        return self.set_attributes(typed, private, dict(private))
 
     # -- signing -------------------------------------------------------------------------------
 
@@ -255,24 +203,6 @@ class KeyStore:
         return bytes(out)
 
 
-def default_key_id(name: str) -> bytes:
-    """The CKA_ID of a key stored without one: the 16 bytes its `p11-<32 hex>` name carries, or
-    for another name the first 16 bytes of its SHA-256."""
-    suffix = name[4:] if name.startswith("p11-") else ""
-    if len(suffix) == 32 and all(c in "0123456789abcdef" for c in suffix.lower()):
-        return bytes.fromhex(suffix)
-    return hashlib.sha256(name.encode()).digest()[:16]
-
-
-def _matches(key: HsmKey, label: str | None, key_id: bytes | None, kty: str | None, side: str) -> bool:
-    attributes = key.private_attributes if side == "private" else key.public_attributes
-    return ((label is None or attributes.get("CKA_LABEL") == label)
-            and (key_id is None or attributes.get("CKA_ID") == key_id)
-            and (kty is None or key.kty == kty))
-
-
-def _split_next_link(link: str) -> tuple[str, dict[str, Any]]:
-    """Path and query of a nextLink; the host is ours, so a token never goes to a host a link names."""
-    parts = urlsplit(link)
-    params = {k: v for k, v in parse_qsl(parts.query) if k != "api-version"}
-    return parts.path, params
+def describe(kty: str, size: int, curve: str | None) -> str:
+    """A key's type and curve or size as the KEY_TYPE tag holds them: "EC P-256", "RSA 2048"."""
+    return f"{kty} {curve or size}"

@@ -4,6 +4,12 @@
 (a forked worker opens its own); `SendToStdOut` / `SendToStdErr` write to the streams;
 `IncludeProcessId` / `IncludeThreadId` add ids to each line. Secrets, tokens and PINs never appear,
 whatever the flags say: a filter scrubs every record (`IncludePINs` is ignored on purpose).
+
+Errors also go to stderr as one line each, whatever the other flags say (the extension flag
+`SendErrorsToStdErr: false` turns that off): nginx, HAProxy and Apache send a module's stderr to
+their error log, and a PKCS#11 host passes on nothing but a return code, so without this line an
+operator would read "Function failed" and nothing more. Until a configuration is read (a missing or
+invalid one is itself such an error), this is the only handler.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from pathlib import Path
 from .config import Log
 
 ROOT = "mhsm"
+# `extra=` of a record whose text the front end already handed to the host (OpenSSL's error queue,
+# which nginx, HAProxy and Apache print): the stderr line for errors skips it, so it is said once.
+HOST_HAS_IT = {"host_has_it": True}
+REPEAT_AFTER = 10.0
+# What differs between two tellings of one error (Entra ID's trace and correlation ids, timestamps).
+VARYING = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|\d{4}-\d\d-\d\d[ T][\d:.]+Z?")
 # JWTs, bearer headers, form-encoded secrets and PIN-carried secrets (`<client-id>:<secret>`).
 SECRET_PATTERNS = [
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
@@ -50,6 +62,36 @@ class _Scrubber(logging.Filter):
         if record.exc_info:
             record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        return True
+
+
+class _OneLine(logging.Formatter):
+    """`<logger>: <message>[: <exception>]` on one line: what a host's error log can take."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_text:  # the scrubbed traceback (see _Scrubber): its last line names the exception
+            text += ": " + record.exc_text.strip().splitlines()[-1]
+        return " ".join(text.split())
+
+
+class _ForHost(logging.Filter):
+    """What the host's error log gets: not what the front end already handed to the host, and not
+    the same line again (ids and times aside) within REPEAT_AFTER seconds: libp11 tries a failing
+    call twice, and a worker would say it at every handshake of an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "host_has_it", False):
+            return False
+        # No lock (a fork could copy it held): two threads racing here at worst both say the line.
+        now, text = time.monotonic(), VARYING.sub("", record.getMessage())
+        if now - self._said.get(text, -REPEAT_AFTER) < REPEAT_AFTER:
+            return False
+        self._said = {t: at for t, at in self._said.items() if now - at < REPEAT_AFTER} | {text: now}
         return True
 
 
@@ -99,10 +141,17 @@ def configure(settings: Log) -> logging.Logger:
         handlers.append(logging.StreamHandler(sys.stdout))
     if settings.send_to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    if settings.send_errors_to_stderr and not settings.send_to_stderr:
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.ERROR)
+        errors.setFormatter(_OneLine())
+        errors.addFilter(_ForHost())
+        handlers.append(errors)
     if not handlers:
         handlers.append(logging.NullHandler())
     for handler in handlers:
-        handler.setFormatter(formatter)
         handler.addFilter(_Scrubber())
         logger.addHandler(handler)
     # azure-identity, msal and httpx log through their own loggers: send them where ours go, scrubbed,
@@ -116,3 +165,6 @@ def configure(settings: Log) -> logging.Logger:
         for handler in handlers:
             library_logger.addHandler(handler)
     return logger
+
+
+configure(Log())  # until a configuration is read: errors to stderr, nothing else

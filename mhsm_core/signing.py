@@ -8,6 +8,8 @@ DER ECDSA signatures; this module bridges the two, and verifies what the HSM ret
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -104,6 +106,30 @@ def der_to_raw(signature: bytes, curve: str) -> bytes:
     r, s = utils.decode_dss_signature(signature)
     size = CURVE_BYTES[curve]
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+@functools.cache  # once per process: what it imported stays imported, in forked children too
+def warm_up() -> None:
+    """Sign and verify once with a throwaway local key of each type, every way `verify` checks an
+    HSM signature, so that whatever these steps import lazily is imported now (cryptography loads
+    its OpenSSL backend at the first `ec.ECDSA()`, for one). The core calls this when it reads the
+    configuration, i.e. before a host forks, drops privileges or chroots: after that, the Python
+    tree may no longer be readable, and an import on the signing path would fail the sign."""
+    digest = bytes(range(32))
+    sha256 = utils.Prehashed(hashes.SHA256())
+    rsa_key = rsa.generate_private_key(65537, 1024)  # the smallest cryptography makes: it only has to exist
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    pkcs1_signature = rsa_key.sign(digest, padding.PKCS1v15(), sha256)
+    checks = [
+        (rsa_key.public_key(), "RS256", digest, pkcs1_signature),
+        (rsa_key.public_key(), "RSNULL", DIGEST_INFO_PREFIX["SHA256"] + digest, pkcs1_signature),
+        (rsa_key.public_key(), "PS256", digest,
+         rsa_key.sign(digest, padding.PSS(padding.MGF1(hashes.SHA256()), 32), sha256)),
+        (ec_key.public_key(), "ES256", digest, der_to_raw(ec_key.sign(digest, ec.ECDSA(sha256)), "P-256")),
+    ]
+    for public_key, algorithm, data, signature in checks:
+        if not verify(public_key, algorithm, data, signature):
+            raise RuntimeError(f"the local {algorithm} warm-up signature does not verify")
 
 
 def verify(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, algorithm: str, digest: bytes,

@@ -7,6 +7,7 @@ sensitivity) is derived. The table is in docs/key-model.md; `STORED` is its sour
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,13 +32,23 @@ TEXT = Codec(lambda v: v, lambda s: s, str)
 HEX = Codec(lambda v: bytes(v).hex(), bytes.fromhex, bytes)
 BOOL = Codec(lambda v: "true" if v else "false", _bool_decode, bool)
 
-# Attribute name -> codec, per object. 12 tags at most, leaving 3 of the 15 for the owner's own tags.
+# Attribute name -> codec, per object. 12 tags at most, plus KEY_TYPE: 13, leaving 2 of the 15 for the owner.
 STORED: dict[str, dict[str, Codec]] = {
     PRIVATE: {"CKA_LABEL": TEXT, "CKA_ID": HEX, "CKA_SUBJECT": HEX, "CKA_MODIFIABLE": BOOL,
               "CKA_ALWAYS_AUTHENTICATE": BOOL, "CKA_DERIVE": BOOL},
     PUBLIC: {"CKA_LABEL": TEXT, "CKA_ID": HEX, "CKA_SUBJECT": HEX, "CKA_MODIFIABLE": BOOL,
              "CKA_PRIVATE": BOOL, "CKA_TRUSTED": BOOL},
 }
+
+
+# The key's type and curve or size ("EC P-256", "RSA 2048"), written when the library creates or adopts a key.
+# It is derived data, kept only so a search by CKA_KEY_TYPE can be decided from the listing without
+# fetching every key; the key itself stays the truth, and a key whose tag disagrees is refused.
+KEY_TYPE = PRIVATE + "CKA_KEY_TYPE"
+
+
+def key_type_tag(description: str) -> dict[str, str]:
+    return {KEY_TYPE: description}
 
 
 def is_stored(prefix: str, attribute: str) -> bool:
@@ -76,9 +87,35 @@ def from_tags(tags: dict[str, str] | None) -> tuple[dict[str, Any], dict[str, An
     return out
 
 
+def attributes_of(name: str, tags: dict[str, str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a key named `name` with these tags shows as its two objects' attributes: the stored ones,
+    and a CKA_ID unique to the key where none is stored (see default_key_id)."""
+    private, public = from_tags(tags)
+    # PKCS#11 hosts find a key again by its id (pkcs11-tool --label, pkcs11-provider after a fork),
+    # and keys made without --id would otherwise all share the empty one.
+    stored_id = private.get("CKA_ID") or public.get("CKA_ID") or default_key_id(name)
+    private.setdefault("CKA_ID", stored_id)
+    public.setdefault("CKA_ID", stored_id)
+    return private, public
+
+
+def default_key_id(name: str) -> bytes:
+    """The CKA_ID of a key stored without one: the 16 bytes its `p11-<32 hex>` name carries, or
+    for another name the first 16 bytes of its SHA-256."""
+    suffix = name[4:] if name.startswith("p11-") else ""
+    if len(suffix) == 32 and all(c in "0123456789abcdef" for c in suffix.lower()):
+        return bytes.fromhex(suffix)
+    return hashlib.sha256(name.encode()).digest()[:16]
+
+
+def name_of_default_id(key_id: bytes | None) -> str | None:
+    """The name of the key this id would be the default id of (`p11-<32 hex>`), if it can be one."""
+    return f"p11-{key_id.hex()}" if key_id is not None and len(key_id) == 16 else None
+
+
 def is_library_key(tags: dict[str, str] | None) -> bool:
     """Keys this library (or the official one) made carry p11_ tags; others are not found by default."""
-    return any(t.startswith((PRIVATE, PUBLIC)) for t in (tags or {}))
+    return any(t.startswith("p11_") for t in (tags or {}))
 
 
 def merge(existing: dict[str, str] | None, private: dict[str, Any], public: dict[str, Any]) -> dict[str, str]:

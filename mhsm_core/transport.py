@@ -3,7 +3,7 @@ verification, proxies, retries within a budget (retry.py), and fork awareness.
 
 Why libcurl: a sign request through httpx cost the host 1.1 ms of CPU, most of it in the HTTP
 library and with the GIL held; a prepared libcurl handle costs about a sixth of that and runs the
-network wait and TLS with the GIL released (docs/performance.md, figure 7).
+network wait and TLS with the GIL released (docs/performance.md, figure 9).
 
 - `ConnectionCache.MaxConnections` prepared easy handles of one connection each (MAXCONNECTS 1),
   lent to one caller at a time; `ConnectionCache.Disable`: a new connection for every request.

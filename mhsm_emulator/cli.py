@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--hsm-name", default="localhsm", type=_hsm_name, metavar="NAME")
     serve.add_argument("--token-lifetime", default=3600, type=_bounded(1, 86400), metavar="SECONDS",
                        help="lifetime of the access tokens the emulator mints")
+    serve.add_argument("--recoverable-days", default=90, type=_bounded(7, 90), metavar="DAYS",
+                       help="soft-delete retention of the HSM, 7..90 (first start of a state dir only)")
     return top
 
 
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from .server import serve  # heavy imports only once the flags are good
 
-    return serve(args.state_dir.resolve(), args.host, args.port, args.scenario, args.hsm_name, args.token_lifetime)
+    return serve(args.state_dir.resolve(), args.host, args.port, args.scenario, args.hsm_name, args.token_lifetime,
+                 args.recoverable_days)
 
 
 if __name__ == "__main__":

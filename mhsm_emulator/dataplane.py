@@ -1,8 +1,9 @@
 """The request pipeline every Managed HSM operation goes through, and the headers every answer carries.
 
 Order matters and follows the service: a bodiless or token-less call is challenged before anything
-else is looked at; then injected latency and faults; then api-version; then local RBAC; then the
-operation itself.
+else is looked at; then injected latency and faults; then local RBAC; then api-version (a caller
+without the role gets 403 whatever api-version it names, as the real service answers the Azure CLI);
+then the operation itself.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import rbac
 from .connections import Connections
 from .control import OPERATIONS, Control, Fault, sleep_at_least
 from .errors import JSON_TYPE, ServiceError, access_denied, bad_parameter
 from .store import Principal, Store
 from .tokens import RESOURCE, TokenAuthority, TokenError
 
-# What azure-keyvault-keys and -administration send (7.x and the date-named 2025 version).
-API_VERSIONS = frozenset({"7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"})
+# The api-versions recordings of a real Managed HSM show answered, oldest first (the Azure CLI 2.91
+# sends 7.6-preview.2; the SDK test suites record the previews and the date-named versions).
+API_VERSIONS: tuple[str, ...] = (
+    "7.2-preview", "7.2", "7.3", "7.4-preview.1", "7.4", "7.5-preview.1", "7.5", "7.6-preview.1", "7.6-preview.2",
+    "7.6", "2025-07-01", "2026-01-01-preview", "2026-03-01-preview")
+API_VERSION_RANK = {version: rank for rank, version in enumerate(API_VERSIONS)}
 LATEST_API_VERSION = "2025-07-01"
 STATUS_FAULTS = ("throttle", "error", "unavailable", "reset", "stall")
 TOKEN_FAULTS = ("token_expired", "token_rejected")
@@ -47,6 +50,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_parameter("The request body must be a JSON object.")
     return body
+
+
+def api_version_at_least(request: Request, oldest: str) -> bool:
+    """Whether the (already validated) api-version of the request is `oldest` or newer."""
+    return API_VERSION_RANK[request.query_params["api-version"]] >= API_VERSION_RANK[oldest]
 
 
 def base_url(request: Request) -> str:
@@ -83,10 +91,9 @@ class Hsm:
                 injected = await self._apply(fault, request)
                 if injected is not None:
                     return injected
-            self._check_api_version(request)
-            oid = request.state.object_id
-            if not rbac.is_allowed(self.store.assignments_of(oid), self.store.role_definitions(), action, scope):
+            if not self.store.allows(request.state.object_id, action, scope):
                 raise access_denied(action, scope)
+            self._check_api_version(request)
             return await handler(request, self)
         except ServiceError as error:
             return error.response(request.state.request_id)
@@ -97,8 +104,11 @@ class Hsm:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            # The challenge answers before the body is read: the SDK's first call has no body.
-            raise ServiceError(401, None, "", headers={"WWW-Authenticate": self.challenge}, empty_body=True)
+            # The challenge answers before the body is read: the SDK's first call has no body. A real
+            # Managed HSM answers a GET with the two bytes `OK` and anything else with no body, both
+            # typed application/json (recordings of .NET, Python and the CLI against live HSMs).
+            raise ServiceError(401, None, "", headers={"WWW-Authenticate": self.challenge},
+                               raw_body=b"OK" if request.method in ("GET", "HEAD") else b"")
         fault = self.control.take_fault(operation, TOKEN_FAULTS)
         try:
             if fault is not None:
@@ -153,17 +163,22 @@ def operation(name: str, action: str, scope: str) -> Callable[[Handler], Callabl
 
 
 class ServiceHeaders:
-    """ASGI wrapper: a request id for every call, the service's response headers, in-flight counting."""
+    """ASGI wrapper: a request id for every call, the service's response headers, in-flight counting.
+
+    The headers are those of recorded answers of a live Managed HSM; the region and network-info pair
+    comes only on successful answers there (a 401 or 404 carries neither)."""
 
     STATIC = [
         (b"cache-control", b"no-cache"),
-        (b"x-ms-keyvault-region", b"local"),
-        (b"x-ms-keyvault-network-info", b"conn_type=Ipv4;addr=127.0.0.1;act_addr_fam=InterNetwork;"),
-        (b"x-ms-build-version", b"mhsm-emulator"),
-        (b"strict-transport-security", b"max-age=31536000;includeSubDomains"),
+        (b"content-security-policy", b"default-src 'self'"),
+        (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"SAMEORIGIN"),
-        (b"content-security-policy", b"default-src 'self'"),
+        (b"x-ms-build-version", b"1.0.mhsm-emulator"),
+    ]
+    SUCCESS = [
+        (b"x-ms-keyvault-network-info", b"conn_type=Ipv4;addr=127.0.0.1;act_addr_fam=Ipv4;"),
+        (b"x-ms-keyvault-region", b"local"),
     ]
 
     def __init__(self, app: ASGIApp, control: Control) -> None:
@@ -178,18 +193,17 @@ class ServiceHeaders:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        echo = [(b"x-ms-client-request-id", value) for name, value in scope["headers"]
+                if name == b"x-ms-client-request-id"]
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers.append("x-ms-request-id", request_id)
-                headers.append("x-ms-server-latency", str(int((time.perf_counter() - started) * 1000)))
-                for name, value in scope["headers"]:
-                    if name == b"x-ms-client-request-id":
-                        headers.append("x-ms-client-request-id", value.decode("latin-1"))
-                message["headers"] = [*message["headers"], *self.STATIC]
+                latency = str(int((time.perf_counter() - started) * 1000)).encode()
+                message["headers"] = [*message["headers"], (b"x-ms-request-id", request_id.encode()),
+                                      (b"x-ms-server-latency", latency), *echo, *self.STATIC,
+                                      *(self.SUCCESS if status < 400 else ())]
             await send(message)
 
         self.control.enter()

@@ -65,13 +65,18 @@ def _unknown_tenant(tenant: str) -> JSONResponse:
                        f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID.")
 
 
+# Tenant aliases Entra serves metadata for; their issuer is the `{tenantid}` template (what MSAL,
+# and so `az login`/`az logout`, read first).
+MULTI_TENANT = ("organizations", "common")
+
+
 async def openid_configuration(request: Request) -> Response:
     issuer, tenant = _issuer(request), request.path_params["tenant"]
-    if tenant != issuer.tokens.tenant_id:
+    if tenant != issuer.tokens.tenant_id and tenant not in MULTI_TENANT:
         return _unknown_tenant(tenant)
     base = f"{_authority(request)}/{tenant}"
     return JSONResponse({
-        "issuer": f"{base}/v2.0",
+        "issuer": f"{_authority(request)}/{{tenantid}}/v2.0" if tenant in MULTI_TENANT else f"{base}/v2.0",
         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
         "token_endpoint": f"{base}/oauth2/v2.0/token",
         "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
@@ -125,9 +130,44 @@ async def token(request: Request) -> Response:
                          "access_token": access_token})
 
 
+async def subscriptions(request: Request) -> Response:
+    """The one Resource Manager call `az login --allow-no-subscriptions` makes: this tenant has no
+    subscriptions (a Managed HSM's data plane needs none), so the CLI signs in at tenant level.
+    Served here because the emulator's custom cloud names this listener as its Resource Manager."""
+    if not request.headers.get("authorization", "").lower().startswith("bearer "):
+        return JSONResponse({"error": {"code": "AuthenticationFailed",
+                                       "message": "Authentication failed. The 'Authorization' header is missing."}},
+                            status_code=401)
+    return JSONResponse({"value": []})
+
+
+async def directory_objects(request: Request) -> Response:
+    """Microsoft Graph's `directoryObjects/getByIds`, which the Azure CLI calls to name the principals
+    of role assignments: the emulator's service principals and managed identities, by object id."""
+    issuer = _issuer(request)
+    try:
+        wanted = {str(i).lower() for i in (await request.json()).get("ids", [])}
+    except (ValueError, AttributeError, TypeError):
+        return JSONResponse({"error": {"code": "BadRequest", "message": "The body must be {\"ids\": [...]}."}},
+                            status_code=400)
+    found = [{"@odata.type": "#microsoft.graph.servicePrincipal", "id": p.object_id, "appId": p.client_id,
+              "displayName": p.name, "servicePrincipalNames": [p.client_id]}
+             for p in issuer.store.principals.values() if p.object_id.lower() in wanted]
+    return JSONResponse({"value": found})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """Unknown paths answer 404 in Entra's error shape (not the data plane's)."""
+    status = getattr(exc, "status_code", 404)
+    return entra_error(status, "invalid_request", 900561 if status == 405 else 90011,
+                       f"The endpoint {request.method} {request.url.path} does not exist.")
+
+
 ROUTES: list[Route] = [
     Route("/common/discovery/instance", instance_discovery, methods=["GET"]),
     Route("/{tenant}/v2.0/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/{tenant}/discovery/v2.0/keys", jwks, methods=["GET"]),
     Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
+    Route("/subscriptions", subscriptions, methods=["GET"]),
+    Route("/v1.0/directoryObjects/getByIds", directory_objects, methods=["POST"]),
 ]

@@ -24,7 +24,7 @@ class ServiceError(Exception):
         *,
         inner: str | None = None,
         headers: dict[str, str] | None = None,
-        empty_body: bool = False,
+        raw_body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -32,11 +32,11 @@ class ServiceError(Exception):
         self.message = message
         self.inner = inner
         self.headers = headers or {}
-        self.empty_body = empty_body
+        self.raw_body = raw_body
 
     def response(self, request_id: str) -> Response:
-        if self.empty_body:
-            return Response(b"", status_code=self.status, headers=self.headers)
+        if self.raw_body is not None:
+            return Response(self.raw_body, status_code=self.status, headers=self.headers, media_type=JSON_TYPE)
         error: dict[str, Any] = {"message": f"{self.message} (Activity ID: {request_id})"}
         if self.code is not None:
             error = {"code": self.code, **error}
@@ -50,15 +50,10 @@ def bad_parameter(message: str) -> ServiceError:
     return ServiceError(400, "BadParameter", message)
 
 
-def key_not_found(name: str) -> ServiceError:
-    return ServiceError(404, "KeyNotFound",
-                        f"A key with (name/id) {name} was not found in this key vault. If you recently "
-                        "deleted this key you may be able to recover it using the correct recovery command. "
-                        "For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182")
-
-
-def deleted_key_not_found(name: str) -> ServiceError:
-    return ServiceError(404, "KeyNotFound", f"Deleted Key not found: {name}")
+def key_not_found(url: str) -> ServiceError:
+    """Managed HSM names the key by its URL, `…/keys/<name>` or `…/deletedkeys/<name>` (the Key Vault
+    text "A key with (name/id) … was not found in this key vault" is not what an HSM says)."""
+    return ServiceError(404, "KeyNotFound", f"Key not found: {url}")
 
 
 def access_denied(action: str, scope: str) -> ServiceError:

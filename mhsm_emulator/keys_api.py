@@ -19,20 +19,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import keycrypto
-from .dataplane import Hsm, base_url, json_body, json_response, operation
-from .errors import ServiceError, bad_parameter, deleted_key_not_found, key_not_found
-from .store import RECOVERABLE_DAYS, KeyRecord, KeyVersion
+from .dataplane import Hsm, api_version_at_least, base_url, json_body, json_response, operation
+from .errors import ServiceError, bad_parameter, key_not_found
+from .store import DEFAULT_RECOVERABLE_DAYS, KeyRecord, KeyVersion
 
 KEY_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 KTY = {"RSA": "RSA-HSM", "RSA-HSM": "RSA-HSM", "EC": "EC-HSM", "EC-HSM": "EC-HSM"}
-# The service reorders key_ops; a recorded bundle shows encrypt, decrypt, unwrapKey, wrapKey.
-KEY_OPS_ORDER = ("encrypt", "decrypt", "sign", "verify", "unwrapKey", "wrapKey", "import", "export")
-EC_KEY_OPS = {"sign", "verify", "import", "export"}
-DEFAULT_KEY_OPS = {"RSA-HSM": ["encrypt", "decrypt", "sign", "verify", "unwrapKey", "wrapKey"],
-                   "EC-HSM": ["sign", "verify"]}
+# key_ops is a set to the service: recordings show the same key's operations in a different order
+# on every read. We answer them in one fixed order.
+KEY_OPS_ORDER = ("encrypt", "decrypt", "sign", "verify", "unwrapKey", "wrapKey", "deriveKey", "import", "export")
+EC_KEY_OPS = {"sign", "verify", "deriveKey", "import", "export"}
+RSA_DEFAULT_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "unwrapKey", "wrapKey"]
+# What an EC-HSM key made without key_ops gets: verify and sign up to 7.4, and deriveKey too from
+# 7.5 on (recordings of the same SDK test at 7.4, 7.5, 7.6 and 2025-07-01 against live HSMs).
+EC_DEFAULT_KEY_OPS = (["sign", "verify"], ["sign", "verify", "deriveKey"])
+EC_DERIVE_SINCE = "7.5-preview.1"
 MAX_TAGS, MAX_TAG_LENGTH = 15, 256
 MAX_PAGE = 25
-RECOVERY_LEVEL = "Recoverable+Purgeable"
 
 T = TypeVar("T")
 
@@ -77,9 +80,11 @@ def _tags(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _key_ops(value: Any, kty: str) -> list[str]:
+def _key_ops(value: Any, kty: str, request: Request) -> list[str]:
     if value is None:
-        return list(DEFAULT_KEY_OPS[kty])
+        if kty == "RSA-HSM":
+            return list(RSA_DEFAULT_KEY_OPS)
+        return list(EC_DEFAULT_KEY_OPS[api_version_at_least(request, EC_DERIVE_SINCE)])
     if not isinstance(value, list) or not all(isinstance(op, str) for op in value):
         raise bad_parameter("Property 'key_ops' must be an array of strings.")
     for op in value:
@@ -87,6 +92,8 @@ def _key_ops(value: Any, kty: str) -> list[str]:
             raise bad_parameter(f"Invalid key operation '{op}'. Allowed: {', '.join(KEY_OPS_ORDER)}.")
         if kty == "EC-HSM" and op not in EC_KEY_OPS:
             raise bad_parameter(f"Key operation '{op}' is not supported by EC keys.")
+        if kty == "RSA-HSM" and op == "deriveKey":
+            raise bad_parameter("Key operation 'deriveKey' is not supported by RSA keys.")
     return [op for op in KEY_OPS_ORDER if op in value]
 
 
@@ -123,28 +130,35 @@ def _kid(request: Request, version: KeyVersion, versioned: bool = True) -> str:
     return f"{kid}/{version.version}" if versioned else kid
 
 
-def _attributes_json(version: KeyVersion) -> dict[str, Any]:
+def _recovery_level(days: int) -> str:
+    """`Recoverable+Purgeable` at the 90-day default, `CustomizedRecoverable+Purgeable` below it
+    (recordings of HSMs made with 7 days show the latter)."""
+    return "Recoverable+Purgeable" if days == DEFAULT_RECOVERABLE_DAYS else "CustomizedRecoverable+Purgeable"
+
+
+def _attributes_json(version: KeyVersion, days: int) -> dict[str, Any]:
     out: dict[str, Any] = {"enabled": version.enabled}
     if version.nbf is not None:
         out["nbf"] = version.nbf
     if version.exp is not None:
         out["exp"] = version.exp
-    out |= {"created": version.created, "updated": version.updated, "recoveryLevel": RECOVERY_LEVEL,
-            "recoverableDays": RECOVERABLE_DAYS, "exportable": False}
+    out |= {"created": version.created, "updated": version.updated, "recoveryLevel": _recovery_level(days),
+            "recoverableDays": days, "exportable": False}
     return out
 
 
-def _bundle(request: Request, version: KeyVersion) -> dict[str, Any]:
+def _bundle(request: Request, hsm: Hsm, version: KeyVersion) -> dict[str, Any]:
     key = {"kid": _kid(request, version), "kty": version.kty, "key_ops": list(version.key_ops),
            **keycrypto.public_jwk(version.private_key, version.crv)}
-    out: dict[str, Any] = {"key": key, "attributes": _attributes_json(version)}
+    out: dict[str, Any] = {"key": key, "attributes": _attributes_json(version, hsm.store.recoverable_days)}
     if version.tags:
         out["tags"] = dict(version.tags)
     return out
 
 
-def _item(request: Request, version: KeyVersion, versioned: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"kid": _kid(request, version, versioned), "attributes": _attributes_json(version)}
+def _item(request: Request, hsm: Hsm, version: KeyVersion, versioned: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"kid": _kid(request, version, versioned),
+                           "attributes": _attributes_json(version, hsm.store.recoverable_days)}
     if version.tags:
         out["tags"] = dict(version.tags)
     return out
@@ -155,9 +169,11 @@ def _deleted(request: Request, record: KeyRecord, body: dict[str, Any]) -> dict[
             "deletedDate": record.deleted_date, "scheduledPurgeDate": record.scheduled_purge_date}
 
 
-def _page(request: Request, items: list[T], marker: Callable[[T], str],
+def _page(request: Request, items: list[T], marker: Callable[[T], int],
           render: Callable[[T], dict[str, Any]]) -> Response:
-    """One page and an absolute `nextLink` with an opaque `$skiptoken`, as the service pages lists."""
+    """One page, in creation order, and while more remain an absolute `nextLink` carrying
+    `maxresults` and an opaque `$skiptoken` but no api-version (the client adds its own); the last
+    page has no `nextLink` member at all. All as recorded from a live HSM."""
     raw = request.query_params.get("maxresults")
     if raw is None:
         size = MAX_PAGE
@@ -165,50 +181,50 @@ def _page(request: Request, items: list[T], marker: Callable[[T], str],
         size = int(raw)
     else:
         raise bad_parameter(f"Invalid maxresults '{raw}': it must be an integer between 1 and {MAX_PAGE}.")
-    after = ""
+    after = -1
     token = request.query_params.get("$skiptoken")
     if token:
         try:
-            after = json.loads(keycrypto.b64url_decode(token))["after"]
+            after = int(json.loads(keycrypto.b64url_decode(token))["after"])
         except (ValueError, KeyError, TypeError):
             raise bad_parameter("Invalid $skiptoken.") from None
     remaining = [item for item in items if marker(item) > after]
     page = remaining[:size]
-    next_link = None
+    body: dict[str, Any] = {"value": [render(item) for item in page]}
     if len(remaining) > size:
         skip = keycrypto.b64url(json.dumps({"after": marker(page[-1])}).encode())
-        next_link = (f"{base_url(request)}{request.url.path}?api-version={request.query_params['api-version']}"
-                     f"&$skiptoken={skip}&maxresults={size}")
-    return json_response({"value": [render(item) for item in page], "nextLink": next_link})
+        body["nextLink"] = f"{base_url(request)}{request.url.path}?maxresults={size}&$skiptoken={skip}"
+    return json_response(body)
 
 
 # -- lookups -----------------------------------------------------------------------------------
 
-def _live(hsm: Hsm, name: str) -> KeyRecord:
+def _live(hsm: Hsm, request: Request) -> KeyRecord:
+    name = request.path_params["name"]
     record = hsm.store.find(name)
     if record is None or record.deleted:
-        raise key_not_found(name)
+        raise key_not_found(f"{base_url(request)}/keys/{name}")
     return record
 
 
-def _deleted_record(hsm: Hsm, name: str) -> KeyRecord:
+def _deleted_record(hsm: Hsm, request: Request) -> KeyRecord:
+    name = request.path_params["name"]
     record = hsm.store.find(name)
     if record is None or not record.deleted:
-        raise deleted_key_not_found(name)
+        raise key_not_found(f"{base_url(request)}/deletedkeys/{name}")
     return record
 
 
 def _version(hsm: Hsm, request: Request) -> KeyVersion:
     """The version a path names; an absent or empty version segment means the latest."""
-    name = request.path_params["name"]
-    record = _live(hsm, name)
+    record = _live(hsm, request)
     wanted = request.path_params.get("version", "").lower()
     if not wanted:
         return record.latest
     for version in record.versions:
         if version.version == wanted:
             return version
-    raise key_not_found(f"{name}/{wanted}")
+    raise key_not_found(f"{base_url(request)}/keys/{request.path_params['name']}/{wanted}")
 
 
 def _check_usable(version: KeyVersion, op: str, *, lifetime: bool) -> None:
@@ -269,7 +285,7 @@ async def create_key(request: Request, hsm: Hsm) -> Response:
         crv = body.get("crv", "P-256")
         if crv not in keycrypto.CURVES:
             raise bad_parameter(f"Invalid crv {crv!r} for EC-HSM: use {', '.join(keycrypto.CURVES)}.")
-    key_ops = _key_ops(body.get("key_ops"), kty)
+    key_ops = _key_ops(body.get("key_ops"), kty, request)
     attributes = _attributes(body)
     tags = _tags(body.get("tags"))
     exportable, policy = attributes.get("exportable", False), body.get("release_policy")
@@ -292,31 +308,37 @@ async def create_key(request: Request, hsm: Hsm) -> Response:
                          nbf=attributes.get("nbf"), exp=attributes.get("exp"), created=now, updated=now, tags=tags,
                          seq=hsm.store.next_seq(), private_key=private_key)
     hsm.store.add_version(version)
-    return json_response(_bundle(request, version))
+    return json_response(_bundle(request, hsm, version))
 
 
 @operation("get", "keys/read/action", "/keys/{name}")
 async def get_key(request: Request, hsm: Hsm) -> Response:
-    return json_response(_bundle(request, _version(hsm, request)))
+    return json_response(_bundle(request, hsm, _version(hsm, request)))
+
+
+def _first_seq(record: KeyRecord) -> int:
+    return record.versions[0].seq
 
 
 @operation("list", "keys/read/action", "/keys")
 async def list_keys(request: Request, hsm: Hsm) -> Response:
-    live = sorted((r.latest for r in hsm.store.keys.values() if not r.deleted), key=lambda v: v.name.lower())
-    return _page(request, live, lambda v: v.name.lower(), lambda v: _item(request, v, versioned=False))
+    live = sorted((r for r in hsm.store.keys.values() if not r.deleted), key=_first_seq)
+    return _page(request, live, _first_seq, lambda r: _item(request, hsm, r.latest, versioned=False))
 
 
 @operation("list_versions", "keys/read/action", "/keys/{name}")
 async def list_versions(request: Request, hsm: Hsm) -> Response:
-    record = _live(hsm, request.path_params["name"])
-    return _page(request, record.versions, lambda v: f"{v.seq:012d}", lambda v: _item(request, v, versioned=True))
+    """A name with no live key lists no versions: 200 with an empty list, as a live HSM answers."""
+    record = hsm.store.find(request.path_params["name"])
+    versions = record.versions if record is not None and not record.deleted else []
+    return _page(request, versions, lambda v: v.seq, lambda v: _item(request, hsm, v, versioned=True))
 
 
 @operation("update", "keys/write/action", "/keys/{name}")
 async def update_key(request: Request, hsm: Hsm) -> Response:
     version = _version(hsm, request)
     body = await json_body(request)
-    key_ops = _key_ops(body["key_ops"], version.kty) if body.get("key_ops") is not None else version.key_ops
+    key_ops = _key_ops(body["key_ops"], version.kty, request) if body.get("key_ops") is not None else version.key_ops
     attributes = _attributes(body)
     tags = _tags(body["tags"]) if "tags" in body and body["tags"] is not None else version.tags
     if body.get("release_policy") is not None:
@@ -327,39 +349,39 @@ async def update_key(request: Request, hsm: Hsm) -> Response:
     version.exp = attributes["exp"] if "exp" in attributes else version.exp
     version.updated = int(time.time())
     hsm.store.save_version(version)
-    return json_response(_bundle(request, version))
+    return json_response(_bundle(request, hsm, version))
 
 
 @operation("delete", "keys/delete", "/keys/{name}")
 async def delete_key(request: Request, hsm: Hsm) -> Response:
-    record = _live(hsm, request.path_params["name"])
+    record = _live(hsm, request)
     hsm.store.soft_delete(record)
-    return json_response(_deleted(request, record, _bundle(request, record.latest)))
+    return json_response(_deleted(request, record, _bundle(request, hsm, record.latest)))
 
 
 @operation("get_deleted", "keys/deletedKeys/read/action", "/keys/{name}")
 async def get_deleted_key(request: Request, hsm: Hsm) -> Response:
-    record = _deleted_record(hsm, request.path_params["name"])
-    return json_response(_deleted(request, record, _bundle(request, record.latest)))
+    record = _deleted_record(hsm, request)
+    return json_response(_deleted(request, record, _bundle(request, hsm, record.latest)))
 
 
 @operation("list_deleted", "keys/deletedKeys/read/action", "/keys")
 async def list_deleted_keys(request: Request, hsm: Hsm) -> Response:
-    deleted = sorted((r for r in hsm.store.keys.values() if r.deleted), key=lambda r: r.latest.name.lower())
-    return _page(request, deleted, lambda r: r.latest.name.lower(),
-                 lambda r: _deleted(request, r, _item(request, r.latest, versioned=False)))
+    deleted = sorted((r for r in hsm.store.keys.values() if r.deleted), key=_first_seq)
+    return _page(request, deleted, _first_seq,
+                 lambda r: _deleted(request, r, _item(request, hsm, r.latest, versioned=False)))
 
 
 @operation("recover", "keys/deletedKeys/recover/action", "/keys/{name}")
 async def recover_key(request: Request, hsm: Hsm) -> Response:
-    record = _deleted_record(hsm, request.path_params["name"])
+    record = _deleted_record(hsm, request)
     hsm.store.recover(record)
-    return json_response(_bundle(request, record.latest))
+    return json_response(_bundle(request, hsm, record.latest))
 
 
 @operation("purge", "keys/deletedKeys/delete", "/keys/{name}")
 async def purge_key(request: Request, hsm: Hsm) -> Response:
-    hsm.store.purge(_deleted_record(hsm, request.path_params["name"]))
+    hsm.store.purge(_deleted_record(hsm, request))
     return Response(status_code=204)
 
 
@@ -372,7 +394,8 @@ async def sign(request: Request, hsm: Hsm) -> Response:
     digest = _digest(body, "value", alg, version)
     signature = keycrypto.sign(version.private_key, alg, digest, version.crv)
     hsm.control.signs[(request.state.principal, version.name, alg.name)] += 1
-    return json_response({"kid": _kid(request, version), "value": keycrypto.b64url(signature)})
+    # Recorded sign answers carry alg, kid and value.
+    return json_response({"alg": alg.name, "kid": _kid(request, version), "value": keycrypto.b64url(signature)})
 
 
 @operation("verify", "keys/verify/action", "/keys/{name}")
@@ -383,7 +406,8 @@ async def verify(request: Request, hsm: Hsm) -> Response:
     alg = _algorithm(body, version)
     digest = _digest(body, "digest", alg, version)
     signature = _b64_field(body, "value")
-    return json_response({"value": keycrypto.verify(version.private_key, alg, digest, signature, version.crv)})
+    valid = keycrypto.verify(version.private_key, alg, digest, signature, version.crv)
+    return json_response({"alg": alg.name, "kid": _kid(request, version), "value": valid})
 
 
 @operation("unmodeled", "keys/read/action", "/keys/{name}")
@@ -404,17 +428,20 @@ def _routes(path: str, endpoint: Callable[..., Any], methods: list[str], variant
 
 
 # Empty or missing version segments mean "latest" (the SDK sends `/keys/n/` and `/keys/n//sign`).
+# Sign comes first: Starlette tries routes in order, and signing is nearly all the traffic.
 ROUTES: list[Route] = [
+    *_routes("/keys/{{name}}{v}/sign", sign, ["POST"], ("/{version}", "/", "")),
     Route("/keys", list_keys, methods=["GET"]),
+    Route("/keys/", list_keys, methods=["GET"]),  # what the .NET SDK sends
     Route("/keys/{name}/create", create_key, methods=["POST"]),
     Route("/keys/{name}/versions", list_versions, methods=["GET"]),
     *_routes("/keys/{{name}}{v}", get_key, ["GET"], ("", "/", "/{version}")),
     *_routes("/keys/{{name}}{v}", update_key, ["PATCH"], ("", "/", "/{version}")),
     Route("/keys/{name}", delete_key, methods=["DELETE"]),
-    *_routes("/keys/{{name}}{v}/sign", sign, ["POST"], ("", "/", "/{version}")),
     *_routes("/keys/{{name}}{v}/verify", verify, ["POST"], ("", "/", "/{version}")),
     Route("/keys/{name}/{version}/{op}", unmodeled, methods=["POST"]),
     Route("/deletedkeys", list_deleted_keys, methods=["GET"]),
+    Route("/deletedkeys/", list_deleted_keys, methods=["GET"]),
     Route("/deletedkeys/{name}", get_deleted_key, methods=["GET"]),
     Route("/deletedkeys/{name}", purge_key, methods=["DELETE"]),
     Route("/deletedkeys/{name}/recover", recover_key, methods=["POST"]),

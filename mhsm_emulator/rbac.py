@@ -64,8 +64,9 @@ class RoleAssignment:
 
     @property
     def id(self) -> str:
-        base = "" if self.scope == "/" else self.scope
-        return f"{base}/providers/Microsoft.Authorization/roleAssignments/{self.name}"
+        """`/providers/.../<name>` whatever the scope: a live HSM answers an assignment made at `/keys`
+        with that id and `"scope": "/keys"` (seen through the Azure CLI)."""
+        return f"/providers/Microsoft.Authorization/roleAssignments/{self.name}"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "type": "Microsoft.Authorization/roleAssignments",
@@ -113,7 +114,7 @@ BUILTIN_ROLES: dict[str, RoleDefinition] = {
                        _actions("keys/release/action"), builtin=True),
         RoleDefinition("7b127d3c-77bd-4e3e-bbe0-dbb8971fa7f8", "Managed HSM Backup User", _actions(
             "backup/start/action", "backup/status/action", "keys/backup/action"), builtin=True),
-        RoleDefinition("6efe6056-5259-49d2-8b3d-d3d73544b20b", "Managed HSM Restore", _actions(
+        RoleDefinition("6efe6056-5259-49d2-8b3d-d3d73544b20b", "Managed HSM Restore User", _actions(
             "keys/restore/action", "restore/start/action", "restore/status/action"), builtin=True),
     )
 }

@@ -67,7 +67,7 @@ async def _definitions(request: Request, hsm: Hsm, guid: str | None) -> Response
     if request.method == "GET" and guid is None:
         wanted = ROLE_NAME_FILTER.search(request.query_params.get("$filter", ""))
         found = [r.to_json() for r in roles.values() if not wanted or r.role_name == wanted.group(1)]
-        return json_response({"value": found, "nextLink": None})
+        return json_response({"value": found})  # recorded lists of roles have no nextLink member
     assert guid is not None
     if request.method == "PUT":
         if guid in rbac.BUILTIN_ROLES:
@@ -86,13 +86,23 @@ async def _definitions(request: Request, hsm: Hsm, guid: str | None) -> Response
     return json_response(role.to_json())
 
 
+def _listed(assigned: str, listed: str, at_scope_only: bool) -> bool:
+    """A list at `/` returns the assignments of every scope (what a live HSM answers the Azure CLI's
+    unscoped `role assignment list`); at `/keys` those at `/keys` and below; `atScope()` only the
+    URL's own."""
+    if at_scope_only:
+        return assigned == listed
+    return listed == "/" or assigned == listed or assigned.startswith(listed + "/")
+
+
 async def _assignments(request: Request, hsm: Hsm, scope: str, name: str | None) -> Response:
     if request.method == "GET" and name is None:
-        wanted = PRINCIPAL_FILTER.search(request.query_params.get("$filter", ""))
+        query = request.query_params.get("$filter", "")
+        wanted = PRINCIPAL_FILTER.search(query)
         found = [a.to_json() for a in hsm.store.assignments.values()
-                 if rbac.normalize_scope(a.scope) == scope
+                 if _listed(rbac.normalize_scope(a.scope), scope, "atscope()" in query.lower())
                  and (not wanted or a.principal_id.lower() == wanted.group(1).lower())]
-        return json_response({"value": found, "nextLink": None})
+        return json_response({"value": found})
     assert name is not None
     existing = hsm.store.assignments.get(name.lower())
     if request.method == "PUT":

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -45,8 +47,18 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _starlette(routes: list[Route], **state: Any) -> Starlette:
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+async def _plain_not_found(request: Request, exc: Exception) -> Response:
+    """The managed-identity and admin listeners have no service error shape of their own."""
+    status = getattr(exc, "status_code", 404)
+    return JSONResponse({"error": "not_found" if status == 404 else "method_not_allowed",
+                         "error_description": f"{request.method} {request.url.path} is not served here"},
+                        status_code=status)
+
+
+def _starlette(routes: list[Route], missing: Any = _plain_not_found, **state: Any) -> Starlette:
+    """`missing` answers unknown paths and methods; each listener needs its own, because only the
+    data plane's carries a request id in its state."""
+    app = Starlette(routes=routes, exception_handlers={404: missing, 405: missing})
     app.router.redirect_slashes = False
     for name, value in state.items():
         setattr(app.state, name, value)
@@ -96,7 +108,7 @@ def describe(store: Store, state_dir: Path, ca_file: Path, urls: dict[str, str])
         "url": urls["hsm"], "admin_url": urls["admin"], "admin_secret": meta["admin_secret"],
         "tenant_id": meta["tenant_id"], "authority": urls["login"], "ca_file": str(ca_file),
         "hsm_name": meta["hsm_name"], "hsm_host": f"{meta['hsm_name']}.managedhsm.azure.net",
-        "scenario": meta["scenario"], "identity_url": identity_url,
+        "scenario": meta["scenario"], "identity_url": identity_url, "recoverable_days": store.recoverable_days,
         "conf_file": str(state_dir / "mhsm-pkcs11.conf"), "pid": os.getpid(),
         "principals": principals, "managed_identities": identities,
         "roles": {r.role_name: r.guid for r in store.custom_roles.values()},
@@ -121,10 +133,11 @@ def pkcs11_conf(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build(state_dir: Path, scenario: str, hsm_name: str, token_lifetime: int) -> tuple[Store, pki.Pki, dict[str, ASGIApp], Connections]:
+def build(state_dir: Path, scenario: str, hsm_name: str, token_lifetime: int,
+          recoverable_days: int = 90) -> tuple[Store, pki.Pki, dict[str, ASGIApp], Connections]:
     store = Store(state_dir / "state.db")
     if not store.initialized:
-        store.initialize(hsm_name, scenario)
+        store.initialize(hsm_name, scenario, recoverable_days)
     elif (store.meta["hsm_name"], store.meta["scenario"]) != (hsm_name, scenario):
         print(f"mhsm-emulator: {state_dir} already holds HSM '{store.meta['hsm_name']}' "
               f"(scenario {store.meta['scenario']}); keeping it", file=sys.stderr)
@@ -139,18 +152,20 @@ def build(state_dir: Path, scenario: str, hsm_name: str, token_lifetime: int) ->
     issuer = Issuer(store, tokens, control)
     hsm_routes = [*keys_api.ROUTES, Route("/{path:path}", rbac_api.role_api, methods=["GET", "PUT", "DELETE"])]
     apps: dict[str, ASGIApp] = {
-        "hsm": ServiceHeaders(_starlette(hsm_routes, hsm=Hsm(store, tokens, control, connections)), control),
-        "login": _starlette(entra.ROUTES, issuer=issuer),
+        "hsm": ServiceHeaders(_starlette(hsm_routes, not_found, hsm=Hsm(store, tokens, control, connections)),
+                              control),
+        "login": _starlette(entra.ROUTES, entra.not_found, issuer=issuer),
         "identity": _starlette(identity.ROUTES, issuer=issuer),
         "admin": _starlette(admin_api.ROUTES, control=control, admin_secret=store.meta["admin_secret"]),
     }
     return store, keys, apps, connections
 
 
-def serve(state_dir: Path, host: str, port: int, scenario: str, hsm_name: str, token_lifetime: int) -> int:
+def serve(state_dir: Path, host: str, port: int, scenario: str, hsm_name: str, token_lifetime: int,
+          recoverable_days: int = 90) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / "emulator.json").unlink(missing_ok=True)
-    store, keys, apps, connections = build(state_dir, scenario, hsm_name, token_lifetime)
+    store, keys, apps, connections = build(state_dir, scenario, hsm_name, token_lifetime, recoverable_days)
     sockets = {"hsm": _bind(host, port), "login": _bind(host, 0), "identity": _bind(LOOPBACK, 0),
                "admin": _bind(LOOPBACK, 0)}
     tls = {"ssl_certfile": str(keys.cert_file), "ssl_keyfile": str(keys.key_file)}

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS role_assignments (name TEXT PRIMARY KEY, data TEXT NO
 CREATE TABLE IF NOT EXISTS principals (object_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
-RECOVERABLE_DAYS = 90
+DEFAULT_RECOVERABLE_DAYS = 90  # the service's default; an HSM can be created with 7 to 90
 SERVICE_PRINCIPALS = ("tls-offload", "keygen", "admin", "nobody")
 MANAGED_IDENTITIES = ("system-assigned", "user-assigned")
 
@@ -117,6 +117,9 @@ class Store:
             for name, data in self._db.execute("SELECT name, data FROM role_assignments")}
         self.principals: dict[str, Principal] = {
             oid: Principal(**json.loads(data)) for oid, data in self._db.execute("SELECT * FROM principals")}
+        # RBAC decisions by (object id, action, scope), dropped whenever a role or an assignment
+        # changes: the sign path then pays one dict lookup, not a scan of every assignment.
+        self._decisions: dict[tuple[str, str, str], bool] = {}
 
     # -- first start ---------------------------------------------------------------------------
 
@@ -124,9 +127,14 @@ class Store:
     def initialized(self) -> bool:
         return "tenant_id" in self.meta
 
-    def initialize(self, hsm_name: str, scenario: str) -> None:
+    @property
+    def recoverable_days(self) -> int:
+        return int(self.meta.get("recoverable_days", DEFAULT_RECOVERABLE_DAYS))
+
+    def initialize(self, hsm_name: str, scenario: str, recoverable_days: int = DEFAULT_RECOVERABLE_DAYS) -> None:
         """Create the tenant, the principals and the scenario's role assignments, once per state dir."""
         self.set_meta(tenant_id=str(uuid.uuid4()), hsm_name=hsm_name, scenario=scenario,
+                      recoverable_days=str(recoverable_days),
                       admin_secret=secrets.token_urlsafe(24), identity_header=secrets.token_urlsafe(24),
                       msi_secret=secrets.token_urlsafe(24))
         for name in SERVICE_PRINCIPALS:
@@ -194,7 +202,7 @@ class Store:
 
     def soft_delete(self, record: KeyRecord) -> None:
         now = int(time.time())
-        record.deleted_date, record.scheduled_purge_date = now, now + RECOVERABLE_DAYS * 86400
+        record.deleted_date, record.scheduled_purge_date = now, now + self.recoverable_days * 86400
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO deleted_keys VALUES (?, ?, ?)",
                              (record.latest.name.lower(), record.deleted_date, record.scheduled_purge_date))
@@ -213,6 +221,17 @@ class Store:
 
     # -- roles ---------------------------------------------------------------------------------
 
+    def allows(self, object_id: str, action: str, scope: str) -> bool:
+        """Local RBAC's answer for this caller, action and target scope (cached until roles change)."""
+        key = (object_id, action, scope)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = rbac.is_allowed(self.assignments_of(object_id), self.role_definitions(), action, scope)
+            if len(self._decisions) > 65536:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
     def role_definitions(self) -> dict[str, rbac.RoleDefinition]:
         return {**rbac.BUILTIN_ROLES, **self.custom_roles}
 
@@ -221,11 +240,13 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO role_definitions VALUES (?, ?)",
                              (role.guid, json.dumps(asdict(role))))
         self.custom_roles[role.guid] = role
+        self._decisions.clear()
 
     def delete_role(self, guid: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM role_definitions WHERE guid = ?", (guid,))
         del self.custom_roles[guid]
+        self._decisions.clear()
 
     def assign(self, scope: str, principal_id: str, role_guid: str, name: str | None = None) -> rbac.RoleAssignment:
         assignment = rbac.RoleAssignment(name or str(uuid.uuid4()), scope, principal_id,
@@ -234,12 +255,14 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO role_assignments VALUES (?, ?)",
                              (assignment.name.lower(), json.dumps(asdict(assignment))))
         self.assignments[assignment.name.lower()] = assignment
+        self._decisions.clear()
         return assignment
 
     def unassign(self, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM role_assignments WHERE name = ?", (name.lower(),))
         del self.assignments[name.lower()]
+        self._decisions.clear()
 
     def assignments_of(self, object_id: str) -> list[rbac.RoleAssignment]:
         return [a for a in self.assignments.values() if a.principal_id.lower() == object_id.lower()]

@@ -1,33 +1,31 @@
 """Build `libmhsm-pkcs11.so`: a PKCS#11 2.40 module whose C side is a thin shim over `pkcs11_compat`.
 
-Run as `python -m pkcs11_compat.build OUTDIR` with the Python the module will embed (the project's
-venv). The PKCS#11 types and constants come from the system's p11-kit header (Debian's
-libp11-kit-dev), not from a copy in this tree. Every function prototype is read from that header so
+Run as `python -m pkcs11_compat.build OUTDIR [--python-home H --python-path P ...]` with the Python
+the module will embed (by default the project's venv; see embedding/build.py). The PKCS#11 types
+and constants come from the system's p11-kit header (Debian's libp11-kit-dev), not from a copy in
+this tree. Every function prototype is read from that header so
 the compiler checks each wrapper against the standard's declaration.
 
 cffi's embedding API generates the C that enters Python; this file only decides what goes in:
   - the cdef: the header's types and constants, plus one `extern "Python"` per implemented call;
   - generated C: one exported wrapper per implemented call, one stub per other entry of the function
     list, and the function list itself (no library writes these from a header; it is a table walk);
-  - csrc/embed.c (boot CPython, fork hooks, SIGPIPE) and csrc/pkcs11_shim.c (init state, the
-    pure-C entry points), both written by hand.
+  - embedding/csrc/embed.c (boot CPython, fork hooks, SIGPIPE; shared with the provider) and
+    csrc/pkcs11_shim.c (init state, the pure-C entry points), both written by hand.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import sysconfig
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import cffi
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-CSRC = HERE / "csrc"
+from embedding.build import Runtime, build_runtime, init_code, main, shim_options
+
+CSRC = Path(__file__).resolve().parent / "csrc"
 P11KIT_INCLUDE = "/usr/include/p11-kit-1"
 MODULE_NAME = "_mhsm_pkcs11"
 
@@ -38,7 +36,7 @@ FORWARDED = (
     "C_GetInfo", "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList",
     "C_GetMechanismInfo", "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo",
     "C_Login", "C_Logout", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GenerateKeyPair",
-    "C_GenerateRandom", "C_GetAttributeValue", "C_SetAttributeValue", "C_SignInit", "C_Sign",
+    "C_GenerateRandom", "C_SeedRandom", "C_GetAttributeValue", "C_SetAttributeValue", "C_SignInit", "C_Sign",
     "C_SignUpdate", "C_SignFinal", "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal",
 )
 HAND_WRITTEN = ("C_Initialize", "C_Finalize", "C_GetFunctionList")
@@ -106,20 +104,13 @@ def generated_c(protos: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def python_paths() -> list[str]:
-    """The embedded interpreter's sys.path: this venv's, plus the project (the editable install's
-    path hook is a .pth file, and the shim boots without `site`)."""
-    paths = [p for p in sys.path if p and os.path.exists(p) and not p.startswith(str(HERE))]
-    return paths + [str(REPO)]
-
-
-def c_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def builder(python_version: str | None = None) -> cffi.FFI:
-    """The cffi builder; `python_version` overrides the X.Y the module accepts in a Python host (a
-    test builds one for another version to prove the module refuses it cleanly)."""
+def builder(runtime: Runtime | None = None, python_version: str | None = None) -> cffi.FFI:
+    """The cffi builder for `runtime` (default: the building Python's); `python_version` overrides
+    the X.Y the module accepts in a Python host (a test builds one for another version to prove the
+    module refuses it cleanly)."""
+    runtime = runtime or build_runtime()
+    if python_version:
+        runtime = replace(runtime, version=python_version)
     declarations = header_declarations()
     protos = prototypes(declarations)
     ffi = cffi.FFI()
@@ -128,44 +119,12 @@ def builder(python_version: str | None = None) -> cffi.FFI:
     ffi.cdef("\n".join(constants()))
     ffi.cdef("\n".join(f'extern "Python" CK_RV py_{n}({protos[n]});' for n in PYTHON_ENTRIES))
     ffi.embedding_api("")  # nothing exported through cffi: the C wrappers own every entry point
-    paths = python_paths()
-    ffi.embedding_init_code(f"""
-import sys
-for _p in {paths!r}:
-    if _p not in sys.path:
-        sys.path.append(_p)  # a Python host keeps its own paths first
-from {MODULE_NAME} import ffi, lib
-from pkcs11_compat import entry
-entry.bind(ffi, lib)
-""")
+    ffi.embedding_init_code(init_code(runtime, MODULE_NAME, "pkcs11_compat"))
     preamble = "\n".join(["#include <p11-kit/pkcs11.h>", '#include "embed.c"', python_entry_declarations(protos),
                           '#include "pkcs11_shim.c"', generated_c(protos)])
-    ffi.set_source(MODULE_NAME, preamble, include_dirs=[str(CSRC), P11KIT_INCLUDE],
-                   **shim_options("libmhsm-pkcs11", paths, python_version))
+    ffi.set_source(MODULE_NAME, preamble, **shim_options("libmhsm-pkcs11", runtime, (str(CSRC), P11KIT_INCLUDE)))
     return ffi
 
 
-def shim_options(name: str, paths: list[str], python_version: str | None = None,
-                 defines: tuple[tuple[str, str], ...] = (), libraries: tuple[str, ...] = ()) -> dict[str, Any]:
-    """set_source() options every embedding shim shares: what csrc/embed.c needs defined (see its
-    header), warnings on, and a .so that is never unloaded (Python cannot be restarted)."""
-    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    embed = [("EMBED_NAME", c_string(name)), ("EMBED_PYVER", c_string(version)),
-             ("EMBED_HOME", c_string(sys.base_prefix)), ("EMBED_PATHS", ", ".join(c_string(p) for p in paths))]
-    return {"define_macros": embed + list(defines), "libraries": list(libraries),
-            "extra_compile_args": ["-Wall", "-Wextra", "-O2"],
-            "extra_link_args": ["-Wl,-z,nodelete", f"-L{sysconfig.get_config_var('LIBDIR')}"]}
-
-
-def build_shim(ffi: cffi.FFI, target: str) -> None:
-    """Compile into OUTDIR (argv[1], default build/) and print the .so's path."""
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "build").resolve()
-    work = out / f"cffi-{Path(target).stem}"
-    work.mkdir(parents=True, exist_ok=True)
-    built = ffi.compile(tmpdir=str(work), target=target, verbose=False)
-    os.replace(built, out / target)
-    print(out / target)
-
-
 if __name__ == "__main__":
-    build_shim(builder(), "libmhsm-pkcs11.so")
+    main(builder, "libmhsm-pkcs11.so")

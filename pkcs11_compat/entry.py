@@ -3,6 +3,9 @@
 A handler checks the C arguments (NULL pointers and lengths become CKR_ARGUMENTS_BAD), turns them
 into Python values, calls `Module`, and writes results back with PKCS#11's length conventions. No
 exception crosses into C: `_entry` maps each one to a return code and logs it.
+
+Checks run in one order everywhere (docs/pkcs11.md, "Return values"): initialised (the C shim), the
+session handle, the pointer arguments, the operation state, the mechanism, then template values.
 """
 
 from __future__ import annotations
@@ -74,19 +77,37 @@ def _bytes(pointer: Any, length: int) -> bytes:
     return ffi.buffer(pointer, length)[:]
 
 
-def _template(pointer: Any, count: int) -> dict[int, Any]:
-    """A CK_ATTRIBUTE array as {type: value}; duplicates are inconsistent."""
+def _attributes(pointer: Any, count: int) -> list[tuple[int, Any]]:
+    """A CK_ATTRIBUTE array as (type, value) pairs, in order."""
     if pointer == ffi.NULL and count:
         raise CKRError(lib.CKR_ARGUMENTS_BAD, "NULL template with a non-zero count")
-    values: dict[int, Any] = {}
+    pairs = []
     for i in range(count):
         attribute = pointer[i]
         if attribute.pValue == ffi.NULL and attribute.ulValueLen:
             raise CKRError(lib.CKR_ATTRIBUTE_VALUE_INVALID, f"attribute 0x{attribute.type:x} has no value")
-        if attribute.type in values:
-            raise CKRError(lib.CKR_TEMPLATE_INCONSISTENT, f"attribute 0x{attribute.type:x} appears twice")
         raw = ffi.buffer(attribute.pValue, attribute.ulValueLen)[:] if attribute.ulValueLen else b""
-        values[attribute.type] = objects.decode(attribute.type, raw)
+        pairs.append((attribute.type, objects.decode(attribute.type, raw)))
+    return pairs
+
+
+def _template(pointer: Any, count: int) -> dict[int, Any]:
+    """A template that makes or changes an object, as {type: value}; an attribute twice is inconsistent."""
+    values: dict[int, Any] = {}
+    for kind, value in _attributes(pointer, count):
+        if kind in values:
+            raise CKRError(lib.CKR_TEMPLATE_INCONSISTENT, f"attribute 0x{kind:x} appears twice")
+        values[kind] = value
+    return values
+
+
+def _search(pointer: Any, count: int) -> dict[int, Any] | None:
+    """A search template as {type: value}, or None when it asks one attribute for two values (it then
+    matches nothing: C_FindObjectsInit has no CKR_TEMPLATE_INCONSISTENT in PKCS#11 2.40)."""
+    values: dict[int, Any] = {}
+    for kind, value in _attributes(pointer, count):
+        if values.setdefault(kind, value) != value:
+            return None
     return values
 
 
@@ -235,6 +256,7 @@ def C_GetSessionInfo(session: int, info: Any) -> None:
 
 @_entry
 def C_Login(session: int, user_type: int, pin: Any, pin_length: int) -> None:
+    MODULE.session(session)
     try:
         text = _bytes(pin, pin_length).decode("utf-8")
     except UnicodeDecodeError:
@@ -251,8 +273,8 @@ def C_Logout(session: int) -> None:
 
 @_entry
 def C_FindObjectsInit(session: int, template: Any, count: int) -> None:
-    values = _template(template, count)
-    MODULE.find_init(session, values)
+    MODULE.session(session)
+    MODULE.find_init(session, _search(template, count))
 
 
 @_entry
@@ -271,6 +293,7 @@ def C_FindObjectsFinal(session: int) -> None:
 
 @_entry
 def C_GetAttributeValue(session: int, handle: int, template: Any, count: int) -> int:
+    MODULE.session(session)
     if template == ffi.NULL and count:
         raise CKRError(lib.CKR_ARGUMENTS_BAD, "NULL template with a non-zero count")
     values = MODULE.object_attributes(session, handle)
@@ -298,13 +321,16 @@ def C_GetAttributeValue(session: int, handle: int, template: Any, count: int) ->
 
 @_entry
 def C_SetAttributeValue(session: int, handle: int, template: Any, count: int) -> None:
+    MODULE.session(session)
     MODULE.set_attributes(session, handle, _template(template, count))
 
 
 @_entry
 def C_GenerateKeyPair(session: int, mechanism: Any, public_template: Any, public_count: int, private_template: Any,
                       private_count: int, public_key: Any, private_key: Any) -> None:
+    MODULE.session(session)
     _require(mechanism, public_key, private_key)
+    MODULE.keygen_mechanism(mechanism.mechanism)
     if mechanism.pParameter != ffi.NULL or mechanism.ulParameterLen:
         raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, "key-pair generation takes no mechanism parameter")
     handles = MODULE.generate_key_pair(session, mechanism.mechanism, _template(public_template, public_count),
@@ -314,15 +340,25 @@ def C_GenerateKeyPair(session: int, mechanism: Any, public_template: Any, public
 
 @_entry
 def C_GenerateRandom(session: int, out: Any, length: int) -> None:
+    MODULE.session(session)
     if out == ffi.NULL and length:
         raise CKRError(lib.CKR_ARGUMENTS_BAD, "NULL buffer")
     data = MODULE.random(session, length)
     ffi.memmove(out, data, len(data))
 
 
+@_entry
+def C_SeedRandom(session: int, seed: Any, length: int) -> None:
+    MODULE.session(session)
+    if seed == ffi.NULL and length:
+        raise CKRError(lib.CKR_ARGUMENTS_BAD, "NULL seed with a non-zero length")
+    MODULE.seed_random(session)
+
+
 # -- sign and verify -------------------------------------------------------------------------------
 
 def _init(session: int, kind: str, mechanism: Any, key: int) -> None:
+    MODULE.session(session)
     _require(mechanism)
     MODULE.operation_init(session, kind, mechanism.mechanism, mechanism.pParameter, mechanism.ulParameterLen, key)
 

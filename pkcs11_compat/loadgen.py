@@ -17,7 +17,7 @@ from mhsm_core.errors import MhsmError
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = REPO / "bench" / "csrc"
 BUILD = REPO / "build"
-LIBRARIES = {"p11load": ["-ldl"], "evpload": ["-lcrypto"]}
+LIBRARIES = {"p11load": ["-ldl"], "evpload": ["-lcrypto"], "tlsload": ["-lssl", "-lcrypto"]}
 
 
 def binary(name: str) -> Path:

@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# cryptography's ECDSA() imports its OpenSSL backend on first use, i.e. in the first sign. A fork
-# while another thread is inside that import leaves the child's first sign waiting forever on the
-# import's lock; importing it here (in C_Initialize) leaves no import for signing threads to be in.
-import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa

@@ -13,7 +13,9 @@ import hashlib
 import itertools
 import logging
 import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,8 +25,8 @@ from mhsm_core.keys import HsmKey
 
 from . import objects, templates
 from .ck import CKRError, lib
-from .mechanisms import MECHANISMS, Operation
-from .objects import PRIVATE, PUBLIC, ObjectRef
+from .mechanisms import MECHANISMS, Mechanism, Operation
+from .objects import PRIVATE, PUBLIC, SESSION_TAG, ObjectRef
 
 log = logging.getLogger("mhsm.pkcs11")
 VERSION = (0, 1)
@@ -39,6 +41,7 @@ class Session:
     found: list[int] | None = None  # an active C_FindObjects result, handed out in order
     sign: Operation | None = None
     verify: Operation | None = None
+    objects: list[HsmKey] = field(default_factory=list)  # session objects (CKA_TOKEN false) it made
 
 
 class Module:
@@ -53,6 +56,7 @@ class Module:
         self.logged_in: set[int] = set()
         self.handles = objects.Handles()
         self._session_numbers = itertools.count(1)
+        self.instance = ""  # names this initialisation in the tag of the session objects it makes
 
     # -- general -----------------------------------------------------------------------------------
 
@@ -65,16 +69,21 @@ class Module:
                 # First start, or a restart in the same process: read the configuration again. A
                 # forked child keeps the parent's: it may no longer be allowed to read the files.
                 self.library = Library.load()
+            # A forked child drops the parent's sessions without deleting their session objects:
+            # they are the parent's, which goes on using them.
             self.sessions.clear()
             self.logged_in.clear()
             self.pid = pid
+            self.instance = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:12]}"
 
     def finalize(self) -> None:
         with self.lock:
             self.loaded()
+            ended = list(self.sessions.values())
             self.sessions.clear()
             self.logged_in.clear()
             self.pid = None
+        self._destroy_session_objects(ended)
 
     def loaded(self) -> Library:
         """The loaded library, if C_Initialize ran in this process."""
@@ -125,13 +134,37 @@ class Module:
             session = self.session(handle)
             del self.sessions[handle]
             self._logout_if_last(session.slot_id)
+        self._destroy_session_objects([session])
 
     def close_all_sessions(self, slot_id: int) -> None:
         self.hsm(slot_id)
         with self.lock:
-            for handle in [h for h, s in self.sessions.items() if s.slot_id == slot_id]:
-                del self.sessions[handle]
+            ended = [s for s in self.sessions.values() if s.slot_id == slot_id]
+            for session in ended:
+                del self.sessions[session.handle]
             self._logout_if_last(slot_id)
+        self._destroy_session_objects(ended)
+
+    def _destroy_session_objects(self, ended: list[Session]) -> None:
+        """PKCS#11: a session object lives until its session ends. Its HSM key is deleted and purged
+        (outside the module lock: these are HSM calls); a failure is logged with the key's name and
+        never fails the close, which has happened."""
+        library = self.library
+        for session in ended:
+            for key in session.objects:
+                try:
+                    assert library is not None  # sessions exist only while a library is loaded
+                    library.hsms[session.slot_id].keys.destroy(key)
+                    log.info("session %d closed: deleted and purged its session key %s", session.handle, key.name)
+                except MhsmError as exc:
+                    log.warning("session %d closed: its session key %s could not be removed from the HSM (%s); "
+                                "delete and purge it by hand", session.handle, key.name, exc)
+            session.objects.clear()
+
+    def _visible(self, key: HsmKey) -> bool:
+        """Token objects, and the session objects of this initialisation (not another process's)."""
+        owner = key.tags.get(SESSION_TAG)
+        return owner is None or owner == self.instance
 
     def _logout_if_last(self, slot_id: int) -> None:
         """PKCS#11: closing an application's last session on a token logs it out."""
@@ -182,18 +215,25 @@ class Module:
         ref = self.handles.ref(handle)
         if ref.slot_id != session.slot_id:
             raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, f"object {handle} is on another slot")
-        return ref, self.hsm(ref.slot_id).keys.get(ref.key_name)
+        key = self.hsm(ref.slot_id).keys.get(ref.key_name)
+        if not self._visible(key):
+            raise CKRError(lib.CKR_OBJECT_HANDLE_INVALID, f"object {handle} is another application's session object")
+        return ref, key
 
     def object_attributes(self, handle: int, object_handle: int) -> dict[int, Any]:
         session = self.session(handle)
         ref, key = self._object(session, object_handle)
         return objects.attributes(key, ref.cls)
 
-    def find_init(self, handle: int, template: dict[int, Any]) -> None:
+    def find_init(self, handle: int, template: dict[int, Any] | None) -> None:
+        """Start a search; `template` None matches nothing (it asked one attribute for two values)."""
         session = self.session(handle)
         with session.lock:
             if session.found is not None:
                 raise CKRError(lib.CKR_OPERATION_ACTIVE, "C_FindObjectsFinal was not called")
+            if template is None:
+                session.found = []
+                return
             classes = [c for c in (PRIVATE, PUBLIC) if template.get(lib.CKA_CLASS, c) == c]
             found: list[int] = []
             store = self.hsm(session.slot_id).keys
@@ -204,6 +244,8 @@ class Module:
                 side = "private" if cls == PRIVATE else "public"
                 for key in store.find(label=template.get(lib.CKA_LABEL), key_id=template.get(lib.CKA_ID),
                                       kty=key_type, side=side):
+                    if not self._visible(key):
+                        continue
                     values = objects.attributes(key, cls)
                     if all(values.get(t) == v for t, v in template.items()):
                         found.append(self.handles.handle(ObjectRef(session.slot_id, key.name, cls)))
@@ -225,38 +267,62 @@ class Module:
             session.found = None
 
     def _writable(self, session: Session) -> None:
-        """Keys change in read/write sessions; whether the identity may change them is the HSM's call."""
+        """Token objects change in read/write sessions (session objects in any: PKCS#11 §5.6);
+        whether the identity may change them is the HSM's call."""
         if not session.read_write:
             raise CKRError(lib.CKR_SESSION_READ_ONLY, "token objects change only in a read/write session")
 
     def set_attributes(self, handle: int, object_handle: int, template: dict[int, Any]) -> None:
         session = self.session(handle)
-        self._writable(session)
         ref, key = self._object(session, object_handle)
         current = objects.attributes(key, ref.cls)
+        if current[lib.CKA_TOKEN]:
+            self._writable(session)
         if not current[lib.CKA_MODIFIABLE]:
             raise CKRError(lib.CKR_ACTION_PROHIBITED, "the object has CKA_MODIFIABLE false")
         stored = templates.settable(template, current)
         side = (stored, {}) if ref.cls == PRIVATE else ({}, stored)
         self.hsm(ref.slot_id).keys.set_attributes(key, *side)
 
-    def generate_key_pair(self, handle: int, mechanism_type: int, public: dict[int, Any],
-                          private: dict[int, Any]) -> tuple[int, int]:
-        session = self.session(handle)
+    @staticmethod
+    def keygen_mechanism(mechanism_type: int) -> Mechanism:
         mech = MECHANISMS.get(mechanism_type)
         if mech is None or mech.family != "keygen":
             raise CKRError(lib.CKR_MECHANISM_INVALID, f"mechanism 0x{mechanism_type:x} does not generate key pairs")
-        self._writable(session)
+        return mech
+
+    def generate_key_pair(self, handle: int, mechanism_type: int, public: dict[int, Any],
+                          private: dict[int, Any]) -> tuple[int, int]:
+        session = self.session(handle)
+        mech = self.keygen_mechanism(mechanism_type)
+        token = templates.is_token(public, private)
+        if token:
+            self._writable(session)
         request = templates.key_request(mech.kty, public, private)
-        key = self.hsm(session.slot_id).keys.create(mech.kty, **request)
-        log.info("C_GenerateKeyPair: created %s (%s %s) with label %r", key.name, key.kty, key.curve or key.size,
-                 key.label)
+        own_tags = {} if token else {SESSION_TAG: self.instance}
+        key = self.hsm(session.slot_id).keys.create(mech.kty, own_tags=own_tags, **request)
+        log.info("C_GenerateKeyPair: created %s %s (%s %s) with label %r", "token key" if token else "session key",
+                 key.name, key.kty, key.curve or key.size, key.label)
+        if not token:
+            with self.lock:
+                alive = self.sessions.get(handle) is session
+                if alive:
+                    session.objects.append(key)
+            if not alive:  # the session was closed meanwhile: its object ends with it
+                self._destroy_session_objects([Session(handle, session.slot_id, False, objects=[key])])
+                raise CKRError(lib.CKR_SESSION_CLOSED, "the session was closed while its key was made")
         return (self.handles.handle(ObjectRef(session.slot_id, key.name, PUBLIC)),
                 self.handles.handle(ObjectRef(session.slot_id, key.name, PRIVATE)))
 
     def random(self, handle: int, count: int) -> bytes:
         session = self.session(handle)
         return self.hsm(session.slot_id).keys.random(count) if count else b""
+
+    def seed_random(self, handle: int) -> None:
+        """The HSM's generator takes no seed from outside (PKCS#11: CKR_RANDOM_SEED_NOT_SUPPORTED,
+        once the session is known to be valid)."""
+        self.session(handle)
+        raise CKRError(lib.CKR_RANDOM_SEED_NOT_SUPPORTED, "Managed HSM's generator cannot be seeded")
 
     # -- sign and verify ---------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ EC_PARAMS = {
     "P-256K": bytes.fromhex("06052b8104000a"),
 }
 CURVE_OF_PARAMS = {v: k for k, v in EC_PARAMS.items()}
+# The tag that makes an HSM key a session object (CKA_TOKEN false) of one module instance: its value
+# names the instance, whose sessions alone see the key; the module deletes the key when the session
+# that made it ends. Not a `p11_pri_`/`p11_pub_` tag: it describes the object's life, not an attribute.
+SESSION_TAG = "p11_session"
 # Attribute name (as the core's tag mapper spells it) of each attribute id that can be stored.
 TAG_NAMES = {getattr(lib, n): n for n in ("CKA_LABEL", "CKA_ID", "CKA_SUBJECT", "CKA_MODIFIABLE",
                                           "CKA_ALWAYS_AUTHENTICATE", "CKA_DERIVE", "CKA_PRIVATE", "CKA_TRUSTED")}
@@ -116,7 +120,7 @@ def attributes(key: HsmKey, cls: int) -> dict[int, Any]:
     spki = key.public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     rsa_key = isinstance(key.public_key, rsa.RSAPublicKey)
     values: dict[int, Any] = {
-        lib.CKA_CLASS: cls, lib.CKA_TOKEN: True, lib.CKA_PRIVATE: True if private else stored.get("CKA_PRIVATE", False),
+        lib.CKA_CLASS: cls, lib.CKA_TOKEN: SESSION_TAG not in key.tags, lib.CKA_PRIVATE: True if private else stored.get("CKA_PRIVATE", False),
         lib.CKA_MODIFIABLE: stored.get("CKA_MODIFIABLE", True), lib.CKA_COPYABLE: False,
         lib.CKA_DESTROYABLE: False, lib.CKA_LABEL: stored.get("CKA_LABEL", ""), lib.CKA_ID: stored.get("CKA_ID", b""),
         lib.CKA_SUBJECT: stored.get("CKA_SUBJECT", b""), lib.CKA_KEY_TYPE: lib.CKK_RSA if rsa_key else lib.CKK_EC,

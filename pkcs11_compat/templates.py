@@ -1,9 +1,12 @@
 """Templates that make or change keys: what C_GenerateKeyPair and C_SetAttributeValue accept.
 
-An attribute in a template is one of three things: stored in the key's tags (the core's mapper
-decides which), carried by the key itself (size, curve, key_ops, dates), or fixed by what a Managed
-HSM key is (token, sensitive, never extractable). A fixed attribute must have the fixed value; an
-attribute the module does not know is CKR_ATTRIBUTE_TYPE_INVALID.
+An attribute in a template is one of four things: stored in the key's tags (the core's mapper
+decides which), carried by the key itself (size, curve, key_ops, dates), CKA_TOKEN (a token object,
+or a session object the module deletes when its session ends), or fixed by what a Managed HSM key
+is (sensitive, never extractable). A fixed attribute must have the fixed value
+(CKR_ATTRIBUTE_VALUE_INVALID); attributes that contradict each other, within a template or across
+the two, are CKR_TEMPLATE_INCONSISTENT; an attribute the module does not know is
+CKR_ATTRIBUTE_TYPE_INVALID.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from .objects import CURVE_OF_PARAMS, PRIVATE, PUBLIC, SENSITIVE, TAG_NAMES, epo
 
 # Attribute -> the only value a key on the HSM can have.
 FIXED = {
-    lib.CKA_TOKEN: True, lib.CKA_SENSITIVE: True, lib.CKA_EXTRACTABLE: False, lib.CKA_SIGN_RECOVER: False,
+    lib.CKA_SENSITIVE: True, lib.CKA_EXTRACTABLE: False, lib.CKA_SIGN_RECOVER: False,
     lib.CKA_VERIFY_RECOVER: False, lib.CKA_COPYABLE: False, lib.CKA_DESTROYABLE: False,
     lib.CKA_WRAP_WITH_TRUSTED: False,
 }
@@ -31,7 +34,7 @@ OPERATIONS = {
 }
 EC_OPERATIONS = {"sign", "verify"}
 # Attributes of the key pair rather than of one object: both templates may give them, and must agree.
-PAIR_WIDE = (lib.CKA_START_DATE, lib.CKA_END_DATE, lib.CKA_DERIVE)
+PAIR_WIDE = (lib.CKA_START_DATE, lib.CKA_END_DATE, lib.CKA_DERIVE, lib.CKA_TOKEN)
 # What C_SetAttributeValue may change (the official library allows label and id).
 SETTABLE = {lib.CKA_LABEL, lib.CKA_ID, lib.CKA_SUBJECT}
 
@@ -41,9 +44,9 @@ def _stored(cls: int, template: dict[int, Any]) -> dict[str, Any]:
     return {TAG_NAMES[t]: v for t, v in template.items() if t in TAG_NAMES and tags.is_stored(prefix, TAG_NAMES[t])}
 
 
-def _one(values: list[Any], what: str) -> Any:
-    """The value both templates agree on (either may omit it)."""
-    distinct = {repr(v): v for v in values if v is not None}
+def _one(values: list[Any], what: str, same: Any = repr) -> Any:
+    """The value both templates agree on (either may omit it); `same` gives what must be equal."""
+    distinct = {same(v): v for v in values if v is not None}
     if len(distinct) > 1:
         raise CKRError(lib.CKR_TEMPLATE_INCONSISTENT, f"the public and private templates disagree on {what}")
     return next(iter(distinct.values()), None)
@@ -75,19 +78,38 @@ def _check_known(cls: int, template: dict[int, Any], kty: str) -> None:
             raise CKRError(lib.CKR_ATTRIBUTE_TYPE_INVALID, f"attribute 0x{attribute:x} cannot be set on this key")
 
 
+def is_token(public: dict[int, Any], private: dict[int, Any]) -> bool:
+    """CKA_TOKEN of the pair: both objects are token objects or both session objects (false when
+    absent, as PKCS#11 defaults it); templates that disagree are inconsistent."""
+    return bool(_one([public.get(lib.CKA_TOKEN), private.get(lib.CKA_TOKEN)], "CKA_TOKEN"))
+
+
+def _exponent(value: bytes) -> int:
+    """A big-endian CKA_PUBLIC_EXPONENT of any length: 01 00 01 and 00 01 00 01 are both 65537."""
+    return int.from_bytes(value, "big")
+
+
 def key_request(kty: str, public: dict[int, Any], private: dict[int, Any]) -> dict[str, Any]:
-    """Keyword arguments of the core's `KeyStore.create` for a C_GenerateKeyPair call."""
+    """Keyword arguments of the core's `KeyStore.create` for a C_GenerateKeyPair call.
+
+    Checks run in the order PKCS#11 implies: what no key can have (read-only, unknown, or a fixed
+    attribute's other value), then contradictions between attributes, then missing ones, then the
+    values the HSM does not make (size, curve, exponent)."""
     _check_known(PUBLIC, public, kty)
     _check_known(PRIVATE, private, kty)
+    _check_consistent(public, private)
     request: dict[str, Any] = {}
     if kty == "RSA":
         bits = _one([public.get(lib.CKA_MODULUS_BITS), private.get(lib.CKA_MODULUS_BITS)], "CKA_MODULUS_BITS")
         if bits is None:
             raise CKRError(lib.CKR_TEMPLATE_INCOMPLETE, "an RSA key pair needs CKA_MODULUS_BITS")
         if bits not in (2048, 3072, 4096):
-            raise CKRError(lib.CKR_KEY_SIZE_RANGE, f"Managed HSM makes 2048, 3072 and 4096-bit RSA keys, not {bits}")
-        exponent = _one([public.get(lib.CKA_PUBLIC_EXPONENT), private.get(lib.CKA_PUBLIC_EXPONENT)], "the exponent")
-        if exponent is not None and int.from_bytes(exponent, "big") != 65537:
+            # PKCS#11 2.40 lists no CKR_KEY_SIZE_RANGE for C_GenerateKeyPair: the size is a template value.
+            raise CKRError(lib.CKR_ATTRIBUTE_VALUE_INVALID,
+                           f"CKA_MODULUS_BITS: Managed HSM makes 2048, 3072 and 4096-bit RSA keys, not {bits}")
+        exponent = _one([public.get(lib.CKA_PUBLIC_EXPONENT), private.get(lib.CKA_PUBLIC_EXPONENT)], "the exponent",
+                        same=_exponent)
+        if exponent is not None and _exponent(exponent) != 65537:
             raise CKRError(lib.CKR_ATTRIBUTE_VALUE_INVALID, "Managed HSM RSA keys use the public exponent 65537")
         request["size"] = bits
     else:
@@ -116,6 +138,14 @@ def key_request(kty: str, public: dict[int, Any], private: dict[int, Any]) -> di
                 mine[name] = other[name]
     request["private_attributes"], request["public_attributes"] = private_stored, public_stored
     return request
+
+
+def _check_consistent(public: dict[int, Any], private: dict[int, Any]) -> None:
+    """Attributes that cannot hold together, within a template or across the two."""
+    starts = [d for d in (public.get(lib.CKA_START_DATE), private.get(lib.CKA_START_DATE)) if d]
+    ends = [d for d in (public.get(lib.CKA_END_DATE), private.get(lib.CKA_END_DATE)) if d]
+    if starts and ends and max(starts) > min(ends):
+        raise CKRError(lib.CKR_TEMPLATE_INCONSISTENT, "the key pair would start after it ends")
 
 
 def settable(template: dict[int, Any], current: dict[int, Any]) -> dict[str, Any]:

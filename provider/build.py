@@ -1,7 +1,8 @@
 """Build `mhsm.so`, the OpenSSL 3 provider: C in csrc/ over the `provider` package.
 
-Run as `python -m provider.build OUTDIR` with the venv's Python. The boot, fork and signal code is
-the PKCS#11 module's (pkcs11_compat/csrc/embed.c), included as it is; so are that build's paths.
+Run as `python -m provider.build OUTDIR [--python-home H --python-path P ...]` with the Python it
+will embed (by default the project's venv). The boot, fork and signal code is the one both shims
+share (embedding/csrc/embed.c), included as it is.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from pathlib import Path
 
 import cffi
 
-from pkcs11_compat.build import CSRC as EMBED_CSRC
-from pkcs11_compat.build import build_shim, c_string, python_paths, shim_options
+from embedding.build import Runtime, build_runtime, c_string, init_code, main, shim_options
 
 HERE = Path(__file__).resolve().parent
 MODULE_NAME = "_mhsm_provider"
@@ -34,26 +34,18 @@ extern "Python" long py_decode(const unsigned char *pem, size_t pem_len, char *d
 """
 
 
-def builder() -> cffi.FFI:
+def builder(runtime: Runtime | None = None) -> cffi.FFI:
+    runtime = runtime or build_runtime()
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     ffi.embedding_api("")  # nothing exported through cffi: OSSL_provider_init is the one entry point
-    paths = python_paths()
-    ffi.embedding_init_code(f"""
-import sys
-for _p in {paths!r}:
-    if _p not in sys.path:
-        sys.path.append(_p)
-from {MODULE_NAME} import ffi, lib
-from provider import entry
-entry.bind(ffi, lib)
-""")
+    ffi.embedding_init_code(init_code(runtime, MODULE_NAME, "provider"))
     preamble = '#include "embed.c"\n#include "mhsm.h"\n#include "provider.c"\n'
-    ffi.set_source(MODULE_NAME, preamble, include_dirs=[str(HERE / "csrc"), str(EMBED_CSRC)],
-                   **shim_options("mhsm.so", paths, defines=(("MHSM_VERSION", c_string("0.1.0")),),
-                                  libraries=("crypto",)))
+    ffi.set_source(MODULE_NAME, preamble,
+                   **shim_options("mhsm.so", runtime, (str(HERE / "csrc"),),
+                                  defines=(("MHSM_VERSION", c_string("0.1.0")),), libraries=("crypto",)))
     return ffi
 
 
 if __name__ == "__main__":
-    build_shim(builder(), "mhsm.so")
+    main(builder, "mhsm.so")

@@ -13,15 +13,13 @@ from typing import Any, Callable
 
 from mhsm_core.config import ConfigError
 from mhsm_core.errors import MhsmError
+from mhsm_core.log import HOST_HAS_IT
 from mhsm_core.tools.common import explain
 
 from . import signatures
 from .stores import Stores
 
 log = logging.getLogger("mhsm.provider")
-# Until the configuration's `log` section is read (mhsm_core.log.configure replaces this), errors
-# reach people through OpenSSL's error queue only, not through Python's last-resort stderr handler.
-logging.getLogger("mhsm").addHandler(logging.NullHandler())
 STORES = Stores()
 HANDLERS: dict[str, tuple[Callable[..., Any], Any]] = {}
 _ffi: Any = None
@@ -45,9 +43,9 @@ def _entry(failure: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except (MhsmError, ConfigError) as exc:
                 message = explain(exc)
             except Exception as exc:  # a bug here must not take the host down; say where it was
-                log.exception("%s: unexpected error", function.__name__)
+                log.exception("%s: unexpected error", function.__name__, extra=HOST_HAS_IT)
                 message = explain(exc)
-            log.error("%s: %s", function.__name__, message)
+            log.error("%s: %s", function.__name__, message, extra=HOST_HAS_IT)  # the host prints the queue
             _lib.mhsm_raise(message.encode("utf-8", "replace"))
             return failure
 

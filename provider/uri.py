@@ -54,10 +54,17 @@ class Pkcs11Uri:
             raise InvalidArgument(f"pin-source {self.pin_source}: cannot read it ({exc.strerror})") from None
 
 
+def _shown(text: str) -> str:
+    """The URI as an error line quotes it: as written, or escaped if it holds a line break or other
+    control character (an error is one line in a host's log)."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse(text: str) -> Pkcs11Uri:
     """Parse a pkcs11: URI; an unknown or repeated attribute, or a bad value, raises InvalidArgument."""
     if not text.lower().startswith(SCHEME):
         raise InvalidArgument(f"{text!r} is not a pkcs11: URI")
+    shown = _shown(text)
     path, _, query = text[len(SCHEME):].partition("?")
     found: dict[str, str] = {}
     for part, separator, allowed, where in ((path, ";", SELECTING + DESCRIPTIVE, "path"),
@@ -65,19 +72,19 @@ def parse(text: str) -> Pkcs11Uri:
         for item in filter(None, part.split(separator)):
             name, sep, value = item.partition("=")
             if not sep:
-                raise InvalidArgument(f"{text}: '{item}' has no value (write {item}=...)")
+                raise InvalidArgument(f"{shown}: {item!r} has no value (attributes are written name=value)")
             if name not in allowed:
-                raise InvalidArgument(f"{text}: unknown attribute '{name}' in the {where}; this provider "
+                raise InvalidArgument(f"{shown}: unknown attribute {name!r} in the {where}; this provider "
                                       f"understands {', '.join(SELECTING)} and, after ?, {', '.join(QUERY)}")
             if name in found:
-                raise InvalidArgument(f"{text}: attribute '{name}' is given twice")
+                raise InvalidArgument(f"{shown}: attribute '{name}' is given twice")
             found[name] = value
     kind = unquote(found["type"]) if "type" in found else None
     if kind is not None and kind not in OBJECT_TYPES:
-        raise InvalidArgument(f"{text}: type={kind} is not one of {', '.join(OBJECT_TYPES)}")
+        raise InvalidArgument(f"{shown}: type={kind!r} is not one of {', '.join(OBJECT_TYPES)}")
     slot = found.get("slot-id")
     if slot is not None and not slot.isdigit():
-        raise InvalidArgument(f"{text}: slot-id={slot} is not a decimal number")
+        raise InvalidArgument(f"{shown}: slot-id={slot!r} is not a decimal number")
     return Pkcs11Uri(text, object=_text(found, "object"),
                      id=unquote_to_bytes(found["id"]) if "id" in found else None, type=kind,
                      token=_text(found, "token"), slot_id=int(slot) if slot is not None else None,

@@ -11,6 +11,7 @@ import pytest
 
 from mhsm_emulator import launcher
 from mhsm_emulator.admin_client import EmulatorAdmin
+from tests import logscan
 
 REPO = Path(__file__).resolve().parent.parent
 EMULATOR = [sys.executable, "-m", "mhsm_emulator.cli"]  # the command line, for tests of its flags
@@ -79,7 +80,17 @@ class Emulator(launcher.Running):
 def start_emulator(state_dir: Path, *args: str, timeout: float = 30.0) -> Emulator:
     """Start `mhsm-emulator serve` and wait until it has published emulator.json."""
     running = launcher.start(state_dir, *args, timeout=timeout)
+    logscan.watch(running.info)  # every log the suite writes is verbose, and scanned at the end
     return Emulator(running.state_dir, running.process, running.info)
+
+
+def emulator_for(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[Emulator]:
+    """Body of a fixture that owns an emulator of its own: `yield from emulator_for(factory, "name", ...)`."""
+    emulator = start_emulator(tmp_path_factory.mktemp(name), *args)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -147,3 +158,39 @@ def key_name(request: pytest.FixtureRequest) -> str:
     """A key name unique in the session, readable in the emulator's state."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80].strip("-")
     return f"{base}-{next(_names)}".replace("--", "-")
+
+
+def with_sample_logging(env: dict[str, str], tmp: Path, **changes: object) -> dict[str, str]:
+    """`env` with its MHSM_PKCS11_CONF rewritten under `tmp`: the `log` section as
+    conf/mhsm-pkcs11.conf ships it, short timeouts, and `changes` ({"endpoint": ...} for the
+    token, any other name for a log flag, e.g. SendErrorsToStdErr=False)."""
+    import json
+
+    import yaml
+
+    document = json.loads(Path(env["MHSM_PKCS11_CONF"]).read_text())
+    document["log"] = yaml.safe_load((REPO / "conf" / "mhsm-pkcs11.conf").read_text())["log"]
+    document["options"].update(ConnectTimeout=2, RequestTimeout=5, MaxRetries=1, RetryBudget=2)
+    if "endpoint" in changes:
+        document["tokens"][0]["endpoint"] = changes.pop("endpoint")
+    document["log"]["flags"].update(changes)
+    conf = tmp / "mhsm-pkcs11-sample-log.conf"
+    conf.write_text(json.dumps(document))
+    return {**env, "MHSM_PKCS11_CONF": str(conf)}
+
+
+def ours(text: str) -> list[str]:
+    """The lines the library's default error channel wrote (`mhsm.<part>: ...`)."""
+    return [line for line in text.splitlines() if line.startswith("mhsm.")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any log it wrote holds a secret, token or PIN it used (tests/logscan.py)."""
+    roots = [logscan.directory(), Path(session.config._tmp_path_factory.getbasetemp())]  # type: ignore[attr-defined]
+    leaks = logscan.scan(roots)
+    if leaks:
+        print("\nsecrets in the logs the suite wrote:\n  " + "\n  ".join(leaks[:50]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        print(f"\nlog scan: no secret, token or PIN in the {len(logscan.log_files(roots))} log files under "
+              f"{', '.join(map(str, roots))}")

@@ -18,11 +18,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from embedding.build import build_runtime
+
 NGINX = ["/usr/sbin/nginx"]
 WORKERS = 4
 CASES = [("RSA", ssl.TLSVersion.TLSv1_3), ("RSA", ssl.TLSVersion.TLSv1_2), ("EC", ssl.TLSVersion.TLSv1_3),
          ("EC", ssl.TLSVersion.TLSv1_2)]
 QUIET = ("emerg", "alert", "crit", "error", "warn")  # levels a clean run never logs
+# nginx in a mount namespace of its own, so a test can hide directories from it alone: the master
+# runs as root, which file modes do not stop, but an empty mount over a directory does.
+PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private"]
 
 
 def free_port() -> int:
@@ -107,6 +112,44 @@ class Nginx:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def hide_python_tree(pid: int) -> list[str]:
+    """Mount an empty tmpfs over every directory the embedded Python imports from (the stdlib, the
+    venv, the checkout: the .so's built-in sys.path), in the mount namespace of `pid` only; the
+    mounts go when its processes exit. Returns the directories, each checked empty from inside."""
+    tree = sorted({p for p in build_runtime().paths if Path(p).is_dir()}, key=len, reverse=True)  # inner first
+    for directory in tree:
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "mount", "-t", "tmpfs", "-o", "ro,size=4k", "hidden",
+                        directory], check=True, timeout=10)
+    for directory in tree:
+        # empty, or gone (inside a directory hidden after it)
+        listing = subprocess.run(["nsenter", "-t", str(pid), "-m", "ls", "-A", directory], capture_output=True,
+                                 text=True, timeout=10).stdout
+        assert listing == "", f"{directory} is still visible to nginx: {listing}"
+    return tree
+
+
+def serve_hidden(nginx: Nginx, ports: dict[str, tuple[int, bytes]], ca_file: Path, emulator: Any) -> None:
+    """Hide the Python tree from a started nginx (see hide_python_tree), then 24 verified handshakes,
+    the workers' first, each one HSM sign as the emulator counts them; then, for each kind, one
+    whose sign meets an expired token (a token refresh in a worker) and one that is throttled (a
+    retry): those paths may not import anything either."""
+    nginx.wait_for_workers()
+    assert hide_python_tree(nginx.process.pid)
+    before = signs(emulator)
+    done = sum(serve_rounds(nginx, ports, ca_file, reloads=0, per_case=2) for _ in range(3))
+    assert done == 24 and signs(emulator) - before == done, "one HSM sign per handshake"
+    for fault in ("token_expired", "throttle"):
+        for kind, version in CASES[::2]:  # RSA and EC, TLS 1.3
+            hit = emulator.admin.counters()["faults_injected"].get(fault, 0)
+            emulator.admin.inject(fault, "sign", retry_after=0)
+            assert handshake(ports[kind][0], kind, version, ca_file, "localhost")[0] == ports[kind][1], (fault, kind)
+            assert emulator.admin.counters()["faults_injected"].get(fault, 0) == hit + 1, (fault, kind)
+
+
+def signs(emulator: Any) -> int:
+    return int(emulator.admin.counters()["signs"]["total"])
 
 
 def handshake(port: int, kind: str, version: ssl.TLSVersion, ca_file: Path, name: str) -> tuple[bytes, str]:

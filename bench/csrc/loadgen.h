@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 static void *worker_setup(int index);
 static int sign_once(void *state);
@@ -27,6 +28,8 @@ static double load_start;
 static int load_finished;            /* threads that have left their loop */
 static int load_setup_failed;        /* a thread could not set up: the run is not what was asked */
 static pthread_barrier_t load_ready; /* every thread has set up (sessions, key lookup, Python boot) */
+static unsigned load_pause_us;       /* a generator may set it: an untimed pause after each call (a probe
+                                      * that samples latency over time instead of as fast as it can) */
 
 static double now(void)
 {
@@ -71,6 +74,8 @@ static void *load_thread(void *arg)
         long slot = __atomic_fetch_add(&load_kept, 1, __ATOMIC_RELAXED);
         if (slot < load_capacity)
             load_latencies[slot] = us;
+        if (load_pause_us)
+            usleep(load_pause_us);
     }
     __atomic_add_fetch(&load_finished, 1, __ATOMIC_RELEASE);
     return NULL;

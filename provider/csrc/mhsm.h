@@ -4,9 +4,11 @@
  *
  * The C side translates between OpenSSL's dispatch tables and a handful of Python calls; every
  * decision (which key a URI names, which HSM algorithm a request needs) is made in Python. The
- * only C-side state is immutable after provider init: the core handle and a few core function
- * pointers, all of which stay valid in a forked child.
+ * C-side state is immutable after provider init (the core handle and a few core function
+ * pointers, all of which stay valid in a forked child), plus async.c's signing pool, which
+ * records its process and is never used by a forked child.
  */
+#include <openssl/async.h>
 #include <openssl/core.h>
 #include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
@@ -26,6 +28,8 @@
 /* Where the shim itself asks libcrypto for help (public keys, hashing, parameter parsing). */
 #define MHSM_DEFAULT_PROPQ "provider=default"
 #define MHSM_PEM_LABEL "MHSM PKCS11 URI"
+/* The longest error line kept for a signature made on a pool thread (async.c). */
+#define MHSM_ERROR_LINE 512
 
 /* What Python hands back for one store object (declared to cffi in provider/build.py too). */
 struct mhsm_object {
@@ -67,6 +71,7 @@ static long py_decode(const unsigned char *pem, size_t pem_len, char *data_type,
 
 /* Defined in provider.c; used by every operation. */
 static void mhsm_raise(const char *message);
+static void mhsm_vraise(const char *fmt, ...);
 static int mhsm_python_enter(embed_guard *guard);
 static void mhsm_python_leave(embed_guard *guard);
 static mhsm_key *mhsm_key_from_handle(long handle);

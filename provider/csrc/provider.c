@@ -22,6 +22,9 @@ static char *mhsm_conf_path;
 static char *mhsm_pin_source;
 
 static __thread int mhsm_in_python; /* this thread is inside Python: refuse to re-enter */
+/* A signing thread of async.c: errors go to its request's line, for the job to raise, not to this
+ * thread's own error queue, which nobody reads. */
+static __thread char *mhsm_error_sink;
 static pthread_once_t mhsm_boot_once = PTHREAD_ONCE_INIT;
 static int mhsm_booted;
 
@@ -31,6 +34,12 @@ static const OSSL_ITEM mhsm_reasons[] = {{MHSM_REASON, "mhsm"}, {0, NULL}};
 static void mhsm_vraise(const char *fmt, ...)
 {
     va_list args;
+    if (mhsm_error_sink) {
+        va_start(args, fmt);
+        vsnprintf(mhsm_error_sink, MHSM_ERROR_LINE, fmt, args);
+        va_end(args);
+        return;
+    }
     if (!core_new_error)
         return;
     core_new_error(mhsm_core);
@@ -64,6 +73,11 @@ static int mhsm_python_enter(embed_guard *guard)
     if (mhsm_in_python) {
         /* e.g. the core's own TLS to the HSM fetching one of our algorithms: answer "not here" */
         mhsm_raise("refused a call made from inside the provider's own Python code");
+        return 0;
+    }
+    if (ASYNC_get_current_job()) {
+        /* an ASYNC job's fiber stack is too small for Python: only signatures run there, off it */
+        mhsm_raise("refused to run Python inside an OpenSSL ASYNC job (only signatures are made there)");
         return 0;
     }
     pthread_once(&mhsm_boot_once, mhsm_boot);
@@ -136,6 +150,7 @@ static mhsm_key *mhsm_key_from_handle(long handle)
 }
 
 #include "keymgmt.c"
+#include "async.c"
 #include "signature.c"
 #include "store.c"
 #include "codec.c"

@@ -149,6 +149,9 @@ static int mhsm_sig_hsm(mhsm_sig *ctx, const unsigned char *digest, size_t diges
     struct mhsm_sign_request request = {mdname, pad_mode, saltlen, mgf1, digest, digest_len};
     embed_guard guard;
     *siglen = sigsize;
+    ASYNC_JOB *job = ASYNC_get_current_job();
+    if (job) /* SSL_MODE_ASYNC: a pool thread signs while the job pauses (async.c) */
+        return mhsm_offstack_sign(job, ctx->key->handle, &request, sig, siglen);
     if (!mhsm_python_enter(&guard))
         return 0;
     int ok = py_sign(ctx->key->handle, &request, sig, siglen);

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -108,6 +110,21 @@ def _first_success(call: Callable[[], Any], within: float) -> float:
             if time.monotonic() - started > within:
                 raise
             time.sleep(0.25)
+
+
+@contextmanager
+def _short_lived_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library_for: Callable[..., Library],
+                        lifetime: int) -> Iterator[tuple[EmulatorAdmin, Hsm, HsmKey]]:
+    """An emulator of its own minting tokens that live `lifetime` seconds, a library on it and a key."""
+    emulator = start_emulator(tmp_path / f"tokens-{lifetime}s", "--token-lifetime", str(lifetime))
+    try:
+        _scrub_env(monkeypatch, emulator)
+        admin = emulator.admin
+        hsm = library_for(emulator, "keygen").hsm(0)
+        yield admin, hsm, _make_key(hsm)
+        admin.close()
+    finally:
+        emulator.stop()
 
 
 def _library_without_tenant(emulator: Emulator, path: Path, **overrides: Any) -> Library:
@@ -224,12 +241,7 @@ def test_short_lived_token_is_refreshed_before_it_expires(tmp_path: Path, monkey
                                                           library_for: Callable[..., Library]) -> None:
     """Tokens living 4 s, signing for 10 s: the cache refreshes ahead of expiry, so no call fails and
     the HSM never even sees an expired token."""
-    emulator = start_emulator(tmp_path / "short-tokens", "--token-lifetime", "4")
-    try:
-        _scrub_env(monkeypatch, emulator)
-        admin = emulator.admin
-        hsm = library_for(emulator, "keygen").hsm(0)
-        key = _make_key(hsm)
+    with _short_lived_tokens(tmp_path, monkeypatch, library_for, 4) as (admin, hsm, key):
         admin.reset()
         failures: list[str] = []
         signed = 0
@@ -242,49 +254,120 @@ def test_short_lived_token_is_refreshed_before_it_expires(tmp_path: Path, monkey
                 failures.append(f"{type(exc).__name__}: {exc}")
             time.sleep(0.02)
         counters = admin.counters()
-        admin.close()
-    finally:
-        emulator.stop()
     assert failures == []
     assert signed > 50
     assert counters["tokens_issued"]["total"] >= 2
     assert "401" not in counters["requests"]["by_status"]
 
 
+@pytest.mark.parametrize("outage", [1, 6])
 def test_short_token_outage_is_survived(private: Emulator, admin: EmulatorAdmin,
-                                        library_for: Callable[..., Library]) -> None:
-    """One 503 from the token endpoint is retried by azure-identity; the caller never notices."""
-    admin.inject("token_outage", count=1)
+                                        library_for: Callable[..., Library], outage: int) -> None:
+    """A burst of 503s from the token endpoint (what a reload during a login-service hiccup meets) is
+    retried within RetryBudget, with fresh MSAL objects (MSAL would replay the 503); the caller never
+    notices and exactly one token is issued."""
+    admin.inject("token_outage", count=outage)
     hsm = library_for(private, "keygen").hsm(0)
     key = _make_key(hsm)
     _sign(hsm, key)
     counters = admin.counters()
-    assert counters["faults_injected"] == {"token_outage": 1}
+    assert counters["faults_injected"] == {"token_outage": outage}
     assert counters["tokens_issued"]["total"] == 1
+
+
+def test_managed_identity_outage_is_survived(private: Emulator, admin: EmulatorAdmin,
+                                             library_for: Callable[..., Library]) -> None:
+    """The same for the managed identity's endpoint (IMDS answering 503 a few times)."""
+    key = _make_key(library_for(private, "keygen").hsm(0))
+    admin.reset()
+    admin.inject("token_outage", count=4)
+    msi = {"identityMSI": True, "MSIClientID": "", "IMDSEndpoint": private.info["identity_url"]}
+    hsm = library_for(private, None, msi=msi).hsm(0)
+    [found] = hsm.keys.find(label=key.label)
+    _sign(hsm, found)
+    counters = admin.counters()
+    assert counters["faults_injected"] == {"token_outage": 4}
+    assert counters["tokens_issued"]["by_endpoint"] == {"imds": 1}
 
 
 def test_long_token_outage_names_the_credential_and_recovers(private: Emulator, admin: EmulatorAdmin,
                                                              library_for: Callable[..., Library]) -> None:
-    """An outage longer than azure-identity's retries is an AuthenticationError that says which
-    credential failed and why, without its secret; once the outage ends the same library works."""
+    """An outage longer than RetryBudget is an AuthenticationError, raised once the budget is spent,
+    that says which credential failed and why, without its secret; once the outage ends the same
+    library works."""
     keygen = private.principal("keygen")
-    admin.inject("token_outage", count=20)
-    hsm = library_for(private, "keygen").hsm(0)
+    admin.inject("token_outage", count=200)
+    hsm = library_for(private, "keygen", options={"RetryBudget": 2}).hsm(0)
+    started = time.monotonic()
     with pytest.raises(AuthenticationError) as failed:
         hsm.keys.keys()
+    spent = time.monotonic() - started
     message = str(failed.value)
     assert f"service principal {keygen['client_id']} (from environment)" in message
     assert "503" in message
     assert keygen["client_secret"] not in message
     counters = admin.counters()
+    assert counters["faults_injected"]["token_outage"] >= 2  # it did retry...
+    assert spent < 2 + 5  # ...and gave up once the budget was spent (plus one attempt's time)
     assert counters["tokens_issued"]["total"] == 0
     assert counters["requests"]["total"] == 0  # no token, so nothing was sent to the HSM
     admin.reset(counters=False)  # the outage ends
-    # MSAL replays a confidential client's last 5xx for 5 s (service protection); after that the same
-    # library, with the same credential objects, must get a token again rather than stay broken.
     recovered_after = _first_success(lambda: hsm.keys.keys(refresh=True), within=12.0)
-    assert recovered_after < 8.0
+    assert recovered_after < 3.0
     assert admin.counters()["tokens_issued"]["total"] == 1
+
+
+def test_wrong_secret_is_not_retried(private: Emulator, admin: EmulatorAdmin,
+                                     library_for: Callable[..., Library], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused secret is final: one request to Entra, an error at once, not after the budget."""
+    library_for(private, "keygen")
+    monkeypatch.setenv(CLIENT_SECRET_ENV, f"wrong-{uuid.uuid4().hex}")
+    hsm = Library.load().hsm(0)
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError, match="AADSTS7000215"):
+        hsm.keys.keys()
+    assert time.monotonic() - started < 2.0
+
+
+def test_forked_child_refreshes_ahead_of_expiry_without_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library_for: Callable[..., Library]) -> None:
+    """In a forked child (an nginx worker), a token inside its refresh window (the last fifth of a
+    6 s life) is refreshed by a background thread: with the token endpoint slowed to 0.8 s, no sign
+    waits for it, and the child moves to the new token before the old one expires. The parent
+    started no thread."""
+    with _short_lived_tokens(tmp_path, monkeypatch, library_for, 6) as (admin, hsm, key):
+        threads_before = threading.active_count()
+        admin.set_latency("token", fixed_ms=800)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: sign until it holds a new token, report the slowest sign
+            os.close(read)
+            slowest, signed, first = 0.0, 0, hsm.tokens.get()
+            try:
+                stop, changed_at = time.monotonic() + 10.0, None
+                while time.monotonic() < stop and (changed_at is None or time.monotonic() < changed_at + 0.3):
+                    started = time.monotonic()
+                    _sign(hsm, key)
+                    slowest = max(slowest, time.monotonic() - started)
+                    signed += 1
+                    if changed_at is None and hsm.tokens.get() != first:
+                        changed_at = time.monotonic()
+                    time.sleep(0.02)
+                os.write(write, json.dumps({"slowest": slowest, "signed": signed,
+                                            "changed": changed_at is not None}).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            report = pipe.read()
+        os.waitpid(pid, 0)
+        counters = admin.counters()
+    assert report, "the child failed to sign"
+    result = json.loads(report)
+    assert threading.active_count() == threads_before
+    assert result["changed"], result  # the child did refresh
+    assert counters["tokens_issued"]["total"] >= 2
+    assert result["slowest"] < 0.6, result  # and no sign waited for the 0.8 s token endpoint
 
 
 def test_no_credential_says_what_to_set(private: Emulator, admin: EmulatorAdmin,

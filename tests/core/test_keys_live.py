@@ -100,7 +100,7 @@ def test_full_tag_set_is_accepted_by_the_service(emulator: Emulator, library_for
     public = {"CKA_LABEL": private["CKA_LABEL"], "CKA_ID": b"\x01" * 128, "CKA_SUBJECT": b"\x30" * 128,
               "CKA_MODIFIABLE": True, "CKA_PRIVATE": False, "CKA_TRUSTED": True}
     key = hsm.keys.create("EC", curve="P-256", private_attributes=private, public_attributes=public)
-    assert len(key.tags) == 12
+    assert len(key.tags) == 13 and key.tags["p11_pri_CKA_KEY_TYPE"] == "EC P-256"  # the 12, and the type
     again = hsm.keys.get(key.name)
     assert again.private_attributes == private and again.public_attributes == public
 

@@ -18,10 +18,8 @@ import pytest
 from tests.conftest import REPO, Emulator
 from tests.core.conftest import write_conf
 from tests.core.test_tools import THREE_LINES, env_for, tool
+from tests.logscan import JWT, LABELLED
 
-JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
-# A credential's value after its name, unless it was scrubbed to ***.
-LABELLED = re.compile(r"(?i)(?:bearer\s+|client_secret=|access_token[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)[A-Za-z0-9._~+/-]{8,}")
 LOG_FILE = re.compile(r"MHSM-PKCS11-(?P<pid>\d+)-\d{8}-\d{6}\.log")
 EVERY_FLAG = {
     "directory": "", "level": "debug",
@@ -155,3 +153,33 @@ def test_pkcs11_module(permissive: Emulator, verbose: tuple[Path, dict[str, str]
     assert everything.count("C_Sign: CKR_OK") >= 2 * 3, "in both files of the signing runs, and their streams"
     assert "C_Login" in everything and "/sign?" in everything
     assert_no_secret(permissive, written, [pin, wrong_pin, not_a_principal])
+
+
+ERRORS_BY_DEFAULT = """
+import logging
+from mhsm_core import log
+from mhsm_core.config import Log
+log.register_secret("s3cret-value-123")
+logger = logging.getLogger("mhsm.test")
+logger.warning("a warning")
+try:
+    raise KeyError("s3cret-value-123")
+except KeyError:
+    logger.exception("sign: unexpected error")
+logger.error("sign: the HSM is unreachable (request %s)", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+logger.error("sign: the HSM is unreachable (request %s)", "11111111-2222-3333-4444-555555555555")
+logger.error("handed to the host already", extra=log.HOST_HAS_IT)
+log.configure(Log(send_errors_to_stderr=False))
+logger.error("silenced")
+"""
+
+
+def test_errors_reach_stderr_by_default_one_line_each() -> None:
+    """No configuration read yet, then the official flags all off: errors alone, one line each,
+    scrubbed, a repeat (another request id) not said again; `SendErrorsToStdErr: false` silences."""
+    result = subprocess.run([sys.executable, "-c", ERRORS_BY_DEFAULT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == [
+        "mhsm.test: sign: unexpected error: KeyError: '***'",
+        "mhsm.test: sign: the HSM is unreachable (request 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0)",
+    ]

@@ -21,10 +21,10 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=tmp_path, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert [p["concurrency"] for p in results["points"]] == [1, 4]
+    assert [(p["key"], p["concurrency"]) for p in results["points"]] == [("rsa", 1), ("rsa", 4), ("ec", 1), ("ec", 4)]
     for point in results["points"]:
         assert point["count"] == 20
-        assert point["signs_per_second"] > 0
+        assert point["signs_per_second"] > 0 and point["emulator_cpu_seconds"] > 0
         assert point["errors"] == 0
         assert 0 < point["p50_ms"] <= point["p99_ms"]
     assert results["rng_p50_ms"] > 0 and results["local_sign_p50_ms"] > 0

@@ -13,8 +13,10 @@
  *   signatures N         how many signatures the scenario asked the HSM for
  * The PIN for C_Login is built from MHSM_CLIENT_ID and MHSM_CLIENT_SECRET, as "<id>:<secret>".
  *
- * Scenarios: uninitialized, init, bad_args, login, sign_states, threads, fork, fork_threads, and
- * (after the test injected faults in the emulator) hsm_fault, hsm_retried, find_fault.
+ * Scenarios: uninitialized, init, bad_args, login, sign_states, threads, fork, fork_threads,
+ * conformance (return codes the 2.40 text gives, session objects), and (after the test injected
+ * faults in the emulator) hsm_fault, hsm_retried, find_fault. `conformance` also prints
+ *   session-key LABEL    the label of each session key it made (the test checks none is left)
  */
 #include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
@@ -54,6 +56,7 @@ static const char *rv_name(CK_RV rv)
         NAME(CKR_TEMPLATE_INCONSISTENT) NAME(CKR_USER_ALREADY_LOGGED_IN) NAME(CKR_USER_NOT_LOGGED_IN)
         NAME(CKR_USER_TYPE_INVALID) NAME(CKR_BUFFER_TOO_SMALL) NAME(CKR_CRYPTOKI_NOT_INITIALIZED)
         NAME(CKR_CRYPTOKI_ALREADY_INITIALIZED) NAME(CKR_ACTION_PROHIBITED)
+        NAME(CKR_RANDOM_SEED_NOT_SUPPORTED) NAME(CKR_SESSION_CLOSED)
 #undef NAME
     }
     snprintf(other, sizeof other, "0x%lx", rv);
@@ -233,7 +236,7 @@ static const struct entry entries[] = {
     ENTRY(C_VerifyFinal, 1), ENTRY(C_VerifyRecoverInit, 0), ENTRY(C_VerifyRecover, 0),
     ENTRY(C_DigestEncryptUpdate, 0), ENTRY(C_DecryptDigestUpdate, 0), ENTRY(C_SignEncryptUpdate, 0),
     ENTRY(C_DecryptVerifyUpdate, 0), ENTRY(C_GenerateKey, 0), ENTRY(C_GenerateKeyPair, 1), ENTRY(C_WrapKey, 0),
-    ENTRY(C_UnwrapKey, 0), ENTRY(C_DeriveKey, 0), ENTRY(C_SeedRandom, 0), ENTRY(C_GenerateRandom, 1),
+    ENTRY(C_UnwrapKey, 0), ENTRY(C_DeriveKey, 0), ENTRY(C_SeedRandom, 1), ENTRY(C_GenerateRandom, 1),
     ENTRY(C_GetFunctionStatus, 2), ENTRY(C_CancelFunction, 2), ENTRY(C_WaitForSlotEvent, 0),
 };
 #define ENTRIES (sizeof entries / sizeof entries[0])
@@ -580,9 +583,11 @@ static void scenario_bad_args(void)
     CK_ATTRIBUTE rsa_pub[] = {{CKA_MODULUS_BITS, &rsa_bits, sizeof rsa_bits}};
     CK_MECHANISM rsa_keygen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_MECHANISM keygen_param = {CKM_RSA_PKCS_KEY_PAIR_GEN, buffer, 4};
-    check("C_GenerateKeyPair in a read-only session", CKR_SESSION_READ_ONLY,
-          p11->C_GenerateKeyPair(session, &rsa_keygen, rsa_pub, 1, NULL, 0, &pub_handle, &priv_handle));
-    check("C_GenerateKeyPair(1024 bits)", CKR_KEY_SIZE_RANGE,
+    CK_BBOOL token_true = CK_TRUE;
+    CK_ATTRIBUTE token_pub[] = {{CKA_MODULUS_BITS, &rsa_bits, sizeof rsa_bits}, {CKA_TOKEN, &token_true, 1}};
+    check("C_GenerateKeyPair of token objects in a read-only session", CKR_SESSION_READ_ONLY,
+          p11->C_GenerateKeyPair(session, &rsa_keygen, token_pub, 2, NULL, 0, &pub_handle, &priv_handle));
+    check("C_GenerateKeyPair(1024 bits)", CKR_ATTRIBUTE_VALUE_INVALID,
           p11->C_GenerateKeyPair(rw, &rsa_keygen, rsa_pub, 1, NULL, 0, &pub_handle, &priv_handle));
     check("C_GenerateKeyPair(NULL mechanism)", CKR_ARGUMENTS_BAD,
           p11->C_GenerateKeyPair(rw, NULL, rsa_pub, 1, NULL, 0, &pub_handle, &priv_handle));
@@ -1107,6 +1112,123 @@ static void scenario_fork_threads(void)
     check("C_Finalize", CKR_OK, p11->C_Finalize(NULL));
 }
 
+/* -- conformance: codes the 2.40 text gives, and session objects ---------------------------------------- */
+
+static int session_keys; /* session keys made: each is printed for the test, which checks none is left */
+
+/* A session key pair (CKA_TOKEN absent: false) labelled "<prefix>-<pid>-<n>"; the label is printed. */
+static CK_RV make_session_key(CK_SESSION_HANDLE session, CK_MECHANISM_TYPE type, char *label, size_t size,
+                              CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+    static CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static CK_BYTE e4[] = {0x00, 0x01, 0x00, 0x01}, e3[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = 2048;
+    CK_MECHANISM mech = {type, NULL, 0};
+    snprintf(label, size, "session-%d-%d", (int)getpid(), ++session_keys);
+    printf("session-key %s\n", label);
+    CK_ATTRIBUTE rsa_pub[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_PUBLIC_EXPONENT, e4, sizeof e4},
+                              {CKA_LABEL, label, strlen(label)}};
+    CK_ATTRIBUTE rsa_priv[] = {{CKA_PUBLIC_EXPONENT, e3, sizeof e3}}; /* the same 65537, encoded shorter */
+    CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, sizeof p256}, {CKA_LABEL, label, strlen(label)}};
+    if (type == CKM_RSA_PKCS_KEY_PAIR_GEN)
+        return p11->C_GenerateKeyPair(session, &mech, rsa_pub, 3, rsa_priv, 1, pub, priv);
+    return p11->C_GenerateKeyPair(session, &mech, ec_pub, 2, NULL, 0, pub, priv);
+}
+
+static CK_ULONG count_label(CK_SESSION_HANDLE session, const char *label)
+{
+    CK_ATTRIBUTE template[] = {{CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG count = 0;
+    if (p11->C_FindObjectsInit(session, template, 1) != CKR_OK)
+        return 99;
+    p11->C_FindObjects(session, found, 4, &count);
+    p11->C_FindObjectsFinal(session);
+    return count;
+}
+
+static void scenario_conformance(void)
+{
+    initialize();
+    CK_SESSION_HANDLE ro = open_session(0), other = open_session(0), rw = open_session(CKF_RW_SESSION);
+    unsigned char seed[4] = {1, 2, 3, 4}, sig[512];
+    CK_ULONG len;
+    char label[64], label2[64], label3[64];
+    CK_OBJECT_HANDLE pub, priv, pub2, priv2;
+
+    /* C_SeedRandom: the session first, then the arguments, then "no seeding" */
+    check("C_SeedRandom(bad session)", CKR_SESSION_HANDLE_INVALID, p11->C_SeedRandom(987654, seed, sizeof seed));
+    check("C_SeedRandom(NULL, 4)", CKR_ARGUMENTS_BAD, p11->C_SeedRandom(ro, NULL, 4));
+    check("C_SeedRandom", CKR_RANDOM_SEED_NOT_SUPPORTED, p11->C_SeedRandom(ro, seed, sizeof seed));
+
+    /* contradictions are CKR_TEMPLATE_INCONSISTENT; one impossible value CKR_ATTRIBUTE_VALUE_INVALID */
+    CK_ULONG bits = 2048;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BYTE three[] = {0x03};
+    CK_MECHANISM rsa_keygen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE token_pub[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_TOKEN, &yes, 1}};
+    CK_ATTRIBUTE session_priv[] = {{CKA_TOKEN, &no, 1}};
+    check("CKA_TOKEN true for the public key, false for the private", CKR_TEMPLATE_INCONSISTENT,
+          p11->C_GenerateKeyPair(rw, &rsa_keygen, token_pub, 2, session_priv, 1, &pub, &priv));
+    CK_ATTRIBUTE dates[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_START_DATE, "20300101", 8},
+                            {CKA_END_DATE, "20290101", 8}};
+    check("CKA_START_DATE after CKA_END_DATE", CKR_TEMPLATE_INCONSISTENT,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, dates, 3, NULL, 0, &pub, &priv));
+    CK_ATTRIBUTE split_dates_pub[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_START_DATE, "20300101", 8}};
+    CK_ATTRIBUTE split_dates_priv[] = {{CKA_END_DATE, "20290101", 8}};
+    check("a start in one template after the end in the other", CKR_TEMPLATE_INCONSISTENT,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, split_dates_pub, 2, split_dates_priv, 1, &pub, &priv));
+    CK_ULONG other_bits = 3072;
+    CK_ATTRIBUTE bits_priv[] = {{CKA_MODULUS_BITS, &other_bits, sizeof other_bits}};
+    check("two modulus sizes", CKR_TEMPLATE_INCONSISTENT,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, token_pub, 1, bits_priv, 1, &pub, &priv));
+    CK_KEY_TYPE ec_type = CKK_EC;
+    CK_ATTRIBUTE wrong_type[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_KEY_TYPE, &ec_type, sizeof ec_type}};
+    check("CKA_KEY_TYPE EC with the RSA mechanism", CKR_TEMPLATE_INCONSISTENT,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, wrong_type, 2, NULL, 0, &pub, &priv));
+    CK_ATTRIBUTE exponent3[] = {{CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_PUBLIC_EXPONENT, three, 1}};
+    check("public exponent 3", CKR_ATTRIBUTE_VALUE_INVALID,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, exponent3, 2, NULL, 0, &pub, &priv));
+    check("token objects in a read-only session", CKR_SESSION_READ_ONLY,
+          p11->C_GenerateKeyPair(ro, &rsa_keygen, token_pub, 2, NULL, 0, &pub, &priv));
+
+    /* session objects: made in a read-only session, seen by the application's other sessions, gone
+     * (deleted and purged in the HSM) when the session that made them closes */
+    check("a session RSA key in a read-only session (exponent 00 01 00 01)", CKR_OK,
+          make_session_key(ro, CKM_RSA_PKCS_KEY_PAIR_GEN, label, sizeof label, &pub, &priv));
+    CK_BBOOL token = CK_TRUE;
+    CK_ATTRIBUTE token_attr = {CKA_TOKEN, &token, sizeof token};
+    check("CKA_TOKEN of the session key", CKR_OK, p11->C_GetAttributeValue(ro, priv, &token_attr, 1));
+    truth("is false", token == CK_FALSE);
+    truth("another session of the application finds both objects", count_label(other, label) == 2);
+    len = sizeof sig;
+    check("the session key signs", CKR_OK,
+          sign_once(other, priv, CKM_RSA_PKCS, digest_info, sizeof digest_info, sig, &len));
+    signatures++;
+    CK_MECHANISM pkcs = {CKM_RSA_PKCS, NULL, 0};
+    check("C_VerifyInit with its public key", CKR_OK, p11->C_VerifyInit(other, &pkcs, pub));
+    check("the signature verifies", CKR_OK, p11->C_Verify(other, digest_info, sizeof digest_info, sig, len));
+    CK_ATTRIBUTE relabel = {CKA_SUBJECT, (void *)"\x30\x00", 2};
+    check("a session object changes in a read-only session", CKR_OK, p11->C_SetAttributeValue(ro, priv, &relabel, 1));
+    check("C_CloseSession of the session that made it", CKR_OK, p11->C_CloseSession(ro));
+    check("its objects are gone", CKR_OBJECT_HANDLE_INVALID, p11->C_GetAttributeValue(other, priv, &token_attr, 1));
+    check("and cannot sign", CKR_KEY_HANDLE_INVALID, p11->C_SignInit(other, &pkcs, priv));
+    truth("no session finds them", count_label(other, label) == 0);
+
+    check("a session EC key", CKR_OK, make_session_key(other, CKM_EC_KEY_PAIR_GEN, label2, sizeof label2, &pub2, &priv2));
+    truth("found", count_label(rw, label2) == 2);
+    check("C_CloseAllSessions", CKR_OK, p11->C_CloseAllSessions(0));
+    CK_SESSION_HANDLE after = open_session(0);
+    truth("C_CloseAllSessions removed it", count_label(after, label2) == 0);
+    check("a session key, then C_Finalize", CKR_OK,
+          make_session_key(after, CKM_EC_KEY_PAIR_GEN, label3, sizeof label3, &pub2, &priv2));
+    check("C_Finalize", CKR_OK, p11->C_Finalize(NULL));
+    initialize();
+    CK_SESSION_HANDLE again = open_session(0);
+    truth("C_Finalize removed it", count_label(again, label3) == 0);
+    check("C_Finalize", CKR_OK, p11->C_Finalize(NULL));
+}
+
 /* -- HSM faults -------------------------------------------------------------------------------------- */
 
 /* The test has injected faults on the emulator's "sign" operation: either enough for each of the
@@ -1213,7 +1335,7 @@ int main(int argc, char **argv)
         {"sign_states", scenario_sign_states},     {"threads", scenario_threads},
         {"fork", scenario_fork},                   {"fork_threads", scenario_fork_threads},
         {"hsm_fault", scenario_hsm_fault},         {"hsm_retried", scenario_hsm_retried},
-        {"find_fault", scenario_find_fault},
+        {"find_fault", scenario_find_fault},       {"conformance", scenario_conformance},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (!strcmp(argv[2], scenarios[i].name)) {

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from mhsm_emulator.admin_client import EmulatorAdmin
 from pkcs11_compat.build import FORWARDED, HAND_WRITTEN, header_declarations, prototypes
-from tests.conftest import Emulator
+from tests.conftest import Emulator, start_emulator
 from tests.core.conftest import write_conf
 from tests.pkcs11.conftest import P11, Pair, p11_for
 
@@ -136,6 +136,47 @@ def test_operation_states_and_signatures(harness: Path, p11: P11, pairs: dict[st
     assert sum(line.startswith("pub ") for line in lines) == 2
 
 
+def _session_keys_left(emulator: Emulator, lines: list[str]) -> tuple[set[str], set[str]]:
+    """(labels of the harness's session keys still live, those soft-deleted), as keygen (Crypto User)
+    and the admin (Crypto Officer, who may read deleted keys) see the HSM."""
+    made = {line.split()[1] for line in lines if line.startswith("session-key ")}
+    assert len(made) == 3, lines
+    officer = emulator.key_client("admin")
+    live = {(k.tags or {}).get("p11_pri_CKA_LABEL") for k in emulator.key_client("keygen").list_properties_of_keys()}
+    deleted = {(k.properties.tags or {}).get("p11_pri_CKA_LABEL") for k in officer.list_deleted_keys()}
+    return made & live, made & deleted
+
+
+def test_conformance_and_session_objects(harness: Path, p11: P11, pairs: dict[str, Pair]) -> None:
+    """C_SeedRandom, template contradictions and a 4-byte exponent as PKCS#11 2.40 says; session
+    keys made in a read-only session, shared by the application's sessions, and gone once their
+    session, C_CloseAllSessions or C_Finalize ends them. As a Crypto User (no purge right) they are
+    deleted, and stay soft-deleted, as docs/pkcs11.md says."""
+    lines, stderr = run(harness, p11, "conformance", pairs)
+    live, deleted = _session_keys_left(p11.emulator, lines)
+    assert not live, "a session key outlived its session"
+    assert len(deleted) == 3
+
+
+def test_session_objects_are_purged_when_the_identity_may(harness: Path, tmp_path: Path,
+                                                           pairs: dict[str, Pair]) -> None:
+    """With the right to purge (Crypto Officer at /keys beside Crypto User), nothing is left at all."""
+    from azure.keyvault.administration import KeyVaultRoleScope
+
+    emulator = start_emulator(tmp_path / "purge", "--scenario", "permissive")
+    try:
+        officer_role = emulator.info.get("roles", {}).get("Managed HSM Crypto Officer",
+                                                          "515eb02d-2335-4d2d-92f2-b1cbdf9c3778")
+        emulator.access_client("admin").create_role_assignment(
+            KeyVaultRoleScope.KEYS, f"Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{officer_role}",
+            emulator.principal("keygen")["object_id"])
+        lines, _ = run(harness, p11_for(emulator), "conformance", pairs, extra_signs=None)
+        live, deleted = _session_keys_left(emulator, lines)
+    finally:
+        emulator.stop()
+    assert not live and not deleted, (live, deleted)
+
+
 def test_threads(harness: Path, p11: P11, pairs: dict[str, Pair]) -> None:
     lines, _ = run(harness, p11, "threads", pairs)
     for name in ("8 threads on 8 sessions", "every signature verified", "4 threads on one session",
@@ -245,3 +286,16 @@ def test_hsm_fault_during_find(harness: Path, permissive: Emulator, admin: Emula
     [logged] = [line for line in stderr.splitlines() if "C_FindObjectsInit: CKR_DEVICE_ERROR" in line]
     assert "HTTP 503" in logged and "x-ms-request-id" in logged
     assert signatures(lines) == 1
+
+
+def test_fresh_initialize_during_a_token_outage(harness: Path, permissive: Emulator, admin: EmulatorAdmin,
+                                                pairs: dict[str, Pair], tmp_path: Path) -> None:
+    """A process that starts (C_Initialize, find, sign) while the login service answers 503 four
+    times, as nginx's master does on `nginx -s reload`: the token fetch is retried within the
+    budget and every sign succeeds."""
+    p11 = fault_p11(permissive, tmp_path)
+    before = admin.counters()["faults_injected"].get("token_outage", 0)
+    admin.inject("token_outage", count=4)
+    _, stderr = run(harness, p11, "hsm_retried", pairs)
+    assert admin.counters()["faults_injected"].get("token_outage", 0) - before == 4, "the outage was met"
+    assert "retry" in stderr and "503" in stderr, stderr[-2000:]

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import REPO
-from tests.nginx import CASES, QUIET, WORKERS, LocalCA, Nginx, free_port, handshake, serve_rounds, write_conf
+from tests.nginx import CASES, NGINX, QUIET, WORKERS, LocalCA, Nginx, free_port, handshake, serve_rounds, write_conf
 from tests.pkcs11.conftest import P11, Pair
 
 RELOADS, PER_CASE = 5, 2
@@ -34,8 +34,9 @@ def openssl_conf(p11: P11, path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def served(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> Iterator[tuple[Nginx, dict[str, tuple[int, bytes]], Path]]:
+def start(p11: P11, pairs: dict[str, Pair], tmp_path: Path,
+          command: list[str] = NGINX) -> tuple[Nginx, dict[str, tuple[int, bytes]], Path]:
+    """nginx with one server per key kind, each on the official `engine:pkcs11:` line."""
     ca, ports, keys = LocalCA(tmp_path), {}, {}
     for kind, pair in pairs.items():
         cert = ca.issue(pair.public_key(), tmp_path / f"{kind}.crt")
@@ -46,9 +47,14 @@ def served(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> Iterator[tuple[N
     env = {k: v for k, v in p11.env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
     env["OPENSSL_CONF"] = str(openssl_conf(p11, tmp_path / "openssl.cnf"))
     os.chmod(tmp_path, 0o700)  # the workers (nobody) may not read anything the master read
-    nginx = Nginx(tmp_path, conf, env)
+    return Nginx(tmp_path, conf, env, command), ports, ca.file
+
+
+@pytest.fixture
+def served(p11: P11, pairs: dict[str, Pair], tmp_path: Path) -> Iterator[tuple[Nginx, dict[str, tuple[int, bytes]], Path]]:
+    nginx, ports, ca_file = start(p11, pairs, tmp_path)
     try:
-        yield nginx, ports, ca.file
+        yield nginx, ports, ca_file
     finally:
         nginx.stop()
 

@@ -78,15 +78,20 @@ def test_nginx_store_uri(hsm: Hsm, tmp_path: Path) -> None:
     assert_clean(nginx)
 
 
-def test_nginx_122_pem_wrapped_uri(hsm: Hsm, tmp_path: Path) -> None:
-    """Debian 12's nginx 1.22 (no store:) reads a PEM file that wraps the URI: the same handshakes."""
+def pem_wrapped_keys(hsm: Hsm, tmp: Path) -> dict[str, str]:
+    """A PEM file wrapping each key's URI (mhsm_p11_uri2pem), for hosts without store: keys."""
     keys = {}
     for kind, label in hsm.labels.items():
-        pem = tmp_path / f"{kind}-uri.pem"
+        pem = tmp / f"{kind}-uri.pem"
         subprocess.run([str(BIN / "mhsm_p11_uri2pem"), f"pkcs11:object={label};type=private", "-o", str(pem)],
                        check=True, timeout=60)
         keys[kind] = str(pem)
-    nginx, ports, ca_file = start(hsm, tmp_path, keys, NGINX)
+    return keys
+
+
+def test_nginx_122_pem_wrapped_uri(hsm: Hsm, tmp_path: Path) -> None:
+    """Debian 12's nginx 1.22 (no store:) reads a PEM file that wraps the URI: the same handshakes."""
+    nginx, ports, ca_file = start(hsm, tmp_path, pem_wrapped_keys(hsm, tmp_path), NGINX)
     try:
         run_cases(hsm, nginx, ports, ca_file)
     finally:
