@@ -24,6 +24,7 @@ import itertools
 import json as jsonlib
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -45,6 +46,7 @@ JSON_HEADERS = [b"Content-Type: application/json", b"Accept: application/json", 
 # libcurl results that no retry can change: a certificate or URL that is wrong stays wrong.
 FATAL_CURL_ERRORS = frozenset({pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE,
                                pycurl.E_SSL_CERTPROBLEM, pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
+ELAPSED = re.compile(r" after \d+ (?:ms|milliseconds)(?: with \d+ (?:out of -?\d+ )?bytes received)?")
 log = logging.getLogger("mhsm.transport")
 curl_log = logging.getLogger("mhsm.curl")
 
@@ -343,6 +345,8 @@ class HsmTransport:
                 log.debug("%s %s: HTTP %s", call.method, call.url.decode(), curl.getinfo(pycurl.RESPONSE_CODE))
         except pycurl.error as exc:
             code, message = exc.args[0], str(exc.args[1]) if len(exc.args) > 1 else ""
+            # libcurl says how long it tried ("after 3 ms"): noise that would make one error two lines.
+            message = ELAPSED.sub("", message)
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
                 trusted = "options.CAFile" if self._options.ca_file else "the system trust store"
                 text = (f"the HSM at {self.base_url} presented a certificate that does not verify against {trusted} "
