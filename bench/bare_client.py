@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ssl
-from typing import Any
+import threading
+import time
+from typing import Any, Protocol
 
 import httpx
 from azure.identity import ClientSecretCredential
@@ -43,3 +45,30 @@ class BareSigner:
 
     def close(self) -> None:
         self.client.close()
+
+
+class Signer(Protocol):
+    def sign(self, kind: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def signer_rate(signers: list[Signer], kind: str, seconds: float) -> float:
+    """Signs/s of one thread per signer, each signing `kind` in a loop for `seconds`; closes them."""
+    done = [0] * len(signers)
+    stop = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        while time.monotonic() < stop:
+            done[index] += signers[index].sign(kind)
+
+    began = time.monotonic()
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(len(signers))]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.monotonic() - began
+    for signer in signers:
+        signer.close()
+    return sum(done) / elapsed

@@ -5,7 +5,8 @@ to bench/results/latest.json (and the throughput plot to docs/throughput.png).
     bench/run.py [--quick] [--out FILE] [--plot FILE]
 
 --quick runs each measurement once on a tiny count (what `make test` does, to prove they work);
-its figures mean nothing and are not written to bench/results/ unless --out says so.
+its figures mean nothing and are not written to bench/results/ unless --out says so. The plot of
+measurement 11 is written next to the throughput plot, as blocking.png.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from tqdm import tqdm
 
 from harness import REPO, Figure, Lab, write_results
 
+import blocking
 import cold_start
 import handshakes
 import haproxy_async
+import host_cpu
 import key_lookup
 import memory
 import nginx_paths
@@ -41,7 +44,8 @@ QUICK = dict(count=5, seconds=0.3, handshake_seconds=0.3, runs=1, memory=20, res
 # (key lookup runs per point, keys on the HSM per point)
 LOOKUP = {"full": (3, key_lookup.COUNTS), "quick": (1, (10, 30, 60))}
 TICKS = (8 + len(throughput.THREADS) * (1 + len(throughput.SETTINGS)) + len(handshakes.PATHS) + 3 + 2 + 3 + 3
-         + len(haproxy_async.CASES) + 1)
+         + len(haproxy_async.CASES) + 1 + 2 * len(host_cpu.SHAPES) + 1
+         + len(blocking.KINDS) * len(blocking.LATENCIES_MS))
 
 
 def versions() -> dict[str, str]:
@@ -77,6 +81,31 @@ def plot(curves: dict[str, dict[int, float]], path: Path) -> None:
     axes.set_title(f"Throughput with {throughput.LATENCY_MS:g} ms injected per sign (one run)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def plot_blocking(curves: dict[str, dict[int, tuple[float, float]]], path: Path) -> None:
+    """Measurement 11: handshakes/s and the plain request's p99 against the HSM's latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rate_axes, p99_axes) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for kind, curve in curves.items():
+        ms = sorted(curve)
+        rate_axes.plot(ms, [curve[m][0] for m in ms], marker="o", label=kind)
+        p99_axes.plot(ms, [curve[m][1] for m in ms], marker="o", label=kind)
+    rate_axes.set_ylabel("handshakes/s (4 workers)")
+    p99_axes.set_ylabel("p99 of a plain keep-alive request, ms")
+    for axes in (rate_axes, p99_axes):
+        axes.set_xlabel("latency injected at the HSM, ms")
+        axes.set_xticks(blocking.LATENCIES_MS)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle("nginx with HSM keys: workers block while the HSM answers (one run)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -127,12 +156,18 @@ def main() -> int:
             figures += key_lookup.run(lab, lookup_runs, tick, key_counts)
             bar.set_postfix_str("HAProxy async")
             figures += haproxy_async.run(lab, scale["haproxy"], tick)
+            bar.set_postfix_str("host CPU per sign")
+            figures += host_cpu.run(lab, scale["count"] * 3, scale["seconds"], tick)
+            bar.set_postfix_str("blocking workers")
+            found, blocking_curves = blocking.run(lab, scale["handshake_seconds"], tick)
+            figures += found
     finally:
         lab.close()
     if out:
         write_results(figures, out, versions())
     if plot_path:
         plot(curves, plot_path)
+        plot_blocking(blocking_curves, plot_path.with_name("blocking.png"))
     print(table(figures))
     return 0
 

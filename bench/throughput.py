@@ -5,8 +5,6 @@ trip): signs/s at 1, 4, 16 and 64 threads for (a) the PKCS#11 module from C, wit
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Callable
 
 from harness import PKCS11_MODULE, Figure, Lab
@@ -14,7 +12,7 @@ from harness import PKCS11_MODULE, Figure, Lab
 from pkcs11_compat.loadgen import binary as loadgen
 from pkcs11_compat.loadgen import run as run_loadgen
 
-from bare_client import BareSigner, token
+from bare_client import BareSigner, signer_rate, token
 
 MEASUREMENT = "2. throughput"
 THREADS = (1, 4, 16, 64)
@@ -29,24 +27,7 @@ TARGET = 0.8
 
 def bare_rate(lab: Lab, threads: int, seconds: float) -> float:
     bearer = token(lab.info)
-    signers = [BareSigner(lab.info, lab.names, bearer) for _ in range(threads)]
-    done = [0] * threads
-    stop = time.monotonic() + seconds
-
-    def work(index: int) -> None:
-        while time.monotonic() < stop:
-            done[index] += signers[index].sign("RSA")
-
-    began = time.monotonic()
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed = time.monotonic() - began
-    for signer in signers:
-        signer.close()
-    return sum(done) / elapsed
+    return signer_rate([BareSigner(lab.info, lab.names, bearer) for _ in range(threads)], "RSA", seconds)
 
 
 def module_rate(lab: Lab, threads: int, seconds: float, cache: dict[str, Any]) -> float:

@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from .retry import DEFAULT_MAX_RETRIES
+
 DEFAULT_PATH = "/etc/mhsm-pkcs11.conf"
 ENV_VAR = "MHSM_PKCS11_CONF"
 HSM_NAME = re.compile(r"^(?!.*--)[0-9a-zA-Z-]{3,24}$")
@@ -66,7 +68,7 @@ class Options:
     ca_file: str | None = None  # extension
     connect_timeout: float = 5.0  # extension, seconds
     request_timeout: float = 15.0  # extension, seconds per attempt
-    max_retries: int = 4  # extension
+    max_retries: int = DEFAULT_MAX_RETRIES  # extension; a ceiling, RetryBudget ends a call first
     retry_budget: float = 20.0  # extension, seconds for all attempts of one call
     key_cache_ttl: float = 300.0  # extension, seconds
     negative_cache_ttl: float = 5.0  # extension, seconds
@@ -91,6 +93,7 @@ class Log:
     p11_interfaces: bool = False
     curl_level: str = "Off"
     level: str = "info"  # extension
+    curl_display_as_hex: bool = False
     send_errors_to_stderr: bool = True  # extension: errors reach the host's error log unless turned off
 
 
@@ -210,7 +213,8 @@ def parse(text: str, path: str = "<string>") -> Config:
         r.get(opt, "DisableTLSAuthentication", "options", "bool", False), ca_file,
         float(r.get(opt, "ConnectTimeout", "options", "number", 5.0, _positive)),
         float(r.get(opt, "RequestTimeout", "options", "number", 15.0, _positive)),
-        r.get(opt, "MaxRetries", "options", "int", 4, lambda v: None if 0 <= v <= 20 else "expected 0..20"),
+        r.get(opt, "MaxRetries", "options", "int", DEFAULT_MAX_RETRIES,
+              lambda v: None if 0 <= v <= 20 else "expected 0..20"),
         float(r.get(opt, "RetryBudget", "options", "number", 20.0, _not_negative)),
         float(r.get(opt, "KeyCacheTTL", "options", "number", 300.0, _not_negative)),
         float(r.get(opt, "NegativeCacheTTL", "options", "number", 5.0, _not_negative)))
@@ -266,7 +270,6 @@ def _log(r: _Reader, document: dict[str, Any]) -> Log:
     log = r.section(document, "log", "log", {"directory", "module", "flags", "level"})
     module = r.section(log, "module", "log.module", {"P11Interfaces", "FunctionLevelTrace", "curl"})
     curl = r.section(module, "curl", "log.module.curl", {"Level", "DisplayAsHex"})
-    r.get(curl, "DisplayAsHex", "log.module.curl", "bool", False)
     flags = r.section(log, "flags", "log.flags", {
         "CloseFileAfterWrite", "SendToFile", "SendToStdOut", "SendToStdErr", "IncludeProcessId", "IncludeThreadId",
         "IncludePINs", "SendErrorsToStdErr"})
@@ -283,6 +286,7 @@ def _log(r: _Reader, document: dict[str, Any]) -> Log:
         r.get(module, "P11Interfaces", "log.module", "bool", False),
         r.get(curl, "Level", "log.module.curl", "str", "Off", _one_of(CURL_LEVELS, fold=True)),
         r.get(log, "level", "log", "str", "info", _one_of(LOG_LEVELS)).lower(),
+        curl_display_as_hex=r.get(curl, "DisplayAsHex", "log.module.curl", "bool", False),
         send_errors_to_stderr=r.get(flags, "SendErrorsToStdErr", "log.flags", "bool", True))
 
 

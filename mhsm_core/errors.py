@@ -12,13 +12,16 @@ class HsmError(MhsmError):
     """The HSM answered with an error, or could not be reached within the retry budget."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 request_id: str | None = None, operation: str = "") -> None:
+                 request_id: str | None = None, operation: str = "", client_request_id: str | None = None) -> None:
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.client_request_id = client_request_id  # what we sent: names a call that got no answer
         self.operation = operation
         detail = ", ".join(p for p in (f"HTTP {status}" if status else "", code or "",
-                                       f"x-ms-request-id {request_id}" if request_id else "") if p)
+                                       f"x-ms-request-id {request_id}" if request_id else "",
+                                       f"x-ms-client-request-id {client_request_id}" if client_request_id else "")
+                           if p)
         super().__init__(f"{message} ({detail})" if detail else message)
 
 

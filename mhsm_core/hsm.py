@@ -34,7 +34,8 @@ class Hsm:
         self._tenant = config.auth.tenant_id
         self._tenant_lock = threading.Lock()
         self.tokens = TokenCache(config, self.tenant)
-        self.transport = HsmTransport(token.base_url, config.options, config.connection_cache, self.tokens.get)
+        self.transport = HsmTransport(token.base_url, config.options, config.connection_cache, self.tokens.get,
+                                      config.log)
         self.keys = KeyStore(self.transport, config.options)
 
     @property

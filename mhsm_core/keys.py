@@ -18,16 +18,12 @@ from . import signing, tags
 from .config import Options
 from .errors import AccessDenied, HsmError, InvalidArgument, KeyMismatch, NotFound
 from .lookup import KeyLookup, Query
-from .transport import HsmTransport
+from .transport import Call, HsmTransport
 
 RSA_SIZES = (2048, 3072, 4096)
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-256K": ec.SECP256K1(), "P-384": ec.SECP384R1(),
                                        "P-521": ec.SECP521R1()}
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -97,6 +93,8 @@ class KeyStore:
     def __init__(self, transport: HsmTransport, options: Options) -> None:
         self._transport = transport
         self._lookup = KeyLookup(transport, options, HsmKey.from_bundle)
+        # (kid, algorithm) -> the sign call and the start of its body, made once per key version
+        self._sign_calls: dict[tuple[str, str], tuple[Call, bytes]] = {}
 
     # -- reading (mhsm_core/lookup.py) -----------------------------------------------------------
 
@@ -180,9 +178,13 @@ class KeyStore:
 
     def sign(self, key: HsmKey, algorithm: str, digest: bytes) -> bytes:
         """Sign a digest with the key's version; returns the HSM's raw signature, checked locally."""
+        prepared = self._sign_calls.get((key.kid, algorithm))
+        if prepared is None:
+            call = self._transport.prepare("POST", f"/keys/{key.name}/{key.version}/sign", "sign")
+            prepared = self._sign_calls[(key.kid, algorithm)] = (call, b'{"alg":"%s","value":"' % algorithm.encode())
+        call, head = prepared
         try:
-            response = self._transport.request("POST", f"/keys/{key.name}/{key.version}/sign", "sign",
-                                               json={"alg": algorithm, "value": b64url(digest)})
+            response = self._transport.send(call, head + base64.urlsafe_b64encode(digest).rstrip(b"=") + b'"}')
         except (NotFound, AccessDenied):
             self.invalidate(key.name)
             raise

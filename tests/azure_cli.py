@@ -91,7 +91,7 @@ class AzureCli:
                               text=True, timeout=120)
         result = Result(done.returncode, done.stdout, done.stderr)
         if check and done.returncode:
-            shown = " ".join("***" if i and args[i - 1] == "--password" else a for i, a in enumerate(args))
+            shown = " ".join("--password=***" if a.startswith("--password=") else a for a in args)
             raise AssertionError(f"az {shown} failed ({done.returncode}): {done.stderr[-2000:]}")
         return result
 
@@ -103,5 +103,5 @@ class AzureCli:
 
     def login(self, principal: str) -> None:
         p = self.info["principals"][principal]
-        self.run("login", "--service-principal", "--username", p["client_id"], "--password", p["client_secret"],
+        self.run("login", "--service-principal", "--username", p["client_id"], f"--password={p['client_secret']}",
                  "--tenant", self.info["tenant_id"], "--allow-no-subscriptions", "--output", "none")

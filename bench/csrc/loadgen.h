@@ -2,13 +2,15 @@
  * The timing loop both load generators share: THREADS threads sign until COUNT signatures are made
  * or SECONDS have passed, each signature's latency is kept, and a progress line goes to stderr
  * every 200 ms ("progress DONE ERRORS") for a live display. At the end one JSON object goes to
- * stdout: {"signs":N,"errors":E,"seconds":T,"latencies_us":[...]}.
+ * stdout: {"signs":N,"errors":E,"seconds":T,"cpu_seconds":C,"latencies_us":[...]}, where C is the
+ * process's user + system CPU over the timed part only (what the host spends per signature).
  *
  * A generator defines `static void *worker_setup(int index)` (per-thread state, NULL on failure)
  * and `static int sign_once(void *state)` (1 on success), then calls run_load(). C, not Python:
  * what is measured is the library, not the load generator's interpreter.
  */
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -34,6 +36,14 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_now(void)
+{
+    struct rusage use;
+    getrusage(RUSAGE_SELF, &use);
+    return (double)use.ru_utime.tv_sec + (double)use.ru_utime.tv_usec / 1e6 + (double)use.ru_stime.tv_sec +
+           (double)use.ru_stime.tv_usec / 1e6;
 }
 
 static int load_more(void)
@@ -86,6 +96,7 @@ static int run_load(int threads, const char *amount)
     for (int i = 0; i < threads; i++)
         pthread_create(&ids[i], NULL, load_thread, (void *)(long)i);
     pthread_barrier_wait(&load_ready);
+    double cpu_start = cpu_now();
     load_start = now();
     pthread_barrier_wait(&load_ready);
     int joined = 0;
@@ -103,9 +114,10 @@ static int run_load(int threads, const char *amount)
     }
     if (load_setup_failed)
         return 1; /* the generator said why on stderr */
-    double seconds = now() - load_start;
+    double seconds = now() - load_start, cpu = cpu_now() - cpu_start;
     long kept = load_kept < load_capacity ? load_kept : load_capacity;
-    printf("{\"signs\":%ld,\"errors\":%ld,\"seconds\":%.6f,\"latencies_us\":[", load_kept, load_errors, seconds);
+    printf("{\"signs\":%ld,\"errors\":%ld,\"seconds\":%.6f,\"cpu_seconds\":%.6f,\"latencies_us\":[", load_kept,
+           load_errors, seconds, cpu);
     for (long i = 0; i < kept; i++)
         printf("%s%u", i ? "," : "", load_latencies[i]);
     printf("]}\n");

@@ -320,7 +320,7 @@ def test_tls_verification_is_on_by_default(private: Emulator, admin: EmulatorAdm
     hsm = _library_without_tenant(private, tmp_path / "wrong-ca.json", options={"CAFile": other}).hsm(0)
     with pytest.raises(HsmUnavailable) as refused:
         hsm.keys.keys()
-    assert "certificate verify failed" in str(refused.value).lower()
+    assert "ssl certificate problem" in str(refused.value).lower() and "options.CAFile" in str(refused.value)
 
     with_tenant = library_for(private, "keygen", options={"CAFile": other}).hsm(0)
     with pytest.raises(AuthenticationError) as untrusted_authority:
@@ -347,4 +347,155 @@ def test_unreachable_endpoint_fails_within_the_budget(private: Emulator, library
         hsm.keys.keys()
     elapsed = time.monotonic() - started
     assert elapsed < 2.5
-    assert f"https://127.0.0.1:{port}" in str(failed.value) and "ConnectError" in str(failed.value)
+    assert f"https://127.0.0.1:{port}" in str(failed.value) and "libcurl error 7: " in str(failed.value)
+    assert re.search(rf"x-ms-client-request-id {UUID}\)", str(failed.value))  # named though no answer came
+
+
+# -- a burst of refusals ------------------------------------------------------------------------------
+
+def test_a_two_second_burst_of_refusals_passes_with_the_defaults(private: Emulator, admin: EmulatorAdmin,
+                                                                 library_for: Callable[..., Library]) -> None:
+    """The HSM answers every sign 503 for 2 s, 4 threads signing all along: with the default
+    MaxRetries and RetryBudget no call fails, and the ones that met the burst waited it out."""
+    hsm, key = _ready(private, admin, library_for)
+    admin.inject("unavailable", "sign", count=100000)
+    lifted = threading.Timer(2.0, lambda: admin.reset(counters=False, faults=True, latency=False))
+    errors: list[Exception] = []
+    longest = [0.0]
+    stop = time.monotonic() + 2.6
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            began = time.monotonic()
+            try:
+                _sign(hsm, key)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+                return
+            longest[0] = max(longest[0], time.monotonic() - began)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    lifted.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    lifted.join()
+    assert errors == []
+    counters = admin.counters()
+    assert _status(counters, 503) >= 4 * 5  # every thread met the burst, several times over
+    assert counters["signs"]["total"] >= 4 and longest[0] >= 1.5
+
+
+# -- libcurl's trace -----------------------------------------------------------------------------------
+
+def _hex_rows(text: str) -> bytes:
+    """The bytes a DisplayAsHex trace shows, row after row."""
+    rows = [line for line in text.splitlines() if re.match(r"  [0-9a-f]{4}: ", line)]
+    return b"".join(bytes.fromhex(row[8:55]) for row in rows)  # the 16 bytes' 47 columns after the offset
+
+
+@pytest.mark.parametrize("as_hex", [False, True])
+def test_curl_verbose_trace_is_logged_and_scrubbed(private: Emulator, admin: EmulatorAdmin,
+                                                   library_for: Callable[..., Library], tmp_path: Path,
+                                                   as_hex: bool) -> None:
+    """log.module.curl Level Verbose: libcurl's trace (connection text, headers, bodies) reaches our
+    log, with DisplayAsHex as a hex dump, and the bearer token appears in neither form."""
+    logs = tmp_path / "logs"
+    hsm, key = _ready(private, admin, library_for, log={
+        "directory": str(logs), "module": {"curl": {"Level": "Verbose", "DisplayAsHex": as_hex}},
+        "flags": {"SendToFile": True}})
+    _sign(hsm, key)
+    token = hsm.tokens.get()
+    [file] = logs.iterdir()
+    text = file.read_text()
+    shown = _hex_rows(text).decode("latin-1") if as_hex else text
+    assert "mhsm.curl" in text and admin.counters()["signs"]["total"] == 1
+    assert re.search(r"POST /keys/[^ ]+/sign\?api-version=7\.5 HTTP/1\.1", shown)
+    assert "HTTP/1.1 200" in shown and "x-ms-request-id:" in shown.lower()
+    assert "Authorization: Bearer ***" in shown
+    for where in (text, shown, _hex_rows(text).hex()):
+        assert token not in where and token.encode().hex() not in where and token[:40] not in where
+    library_for(private, "keygen")  # back to the default log settings for the tests that follow
+
+
+# -- proxies ---------------------------------------------------------------------------------------------
+
+class ConnectProxy:
+    """A CONNECT-only HTTP proxy on loopback that records each tunnel's target. Test glue: Debian has
+    no small packaged proxy that says which tunnels it opened."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.targets: list[str] = []
+        proxy = self
+
+        class Tunnel(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                method, target = head.split(b" ")[:2]
+                if method != b"CONNECT":
+                    self.request.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                    return
+                proxy.targets.append(target.decode())
+                host, port = target.decode().rsplit(":", 1)
+                with socket.create_connection((host, int(port))) as upstream:
+                    self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    pump(self.request, upstream)
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            import selectors
+
+            with selectors.DefaultSelector() as selector:
+                selector.register(a, selectors.EVENT_READ, b)
+                selector.register(b, selectors.EVENT_READ, a)
+                while True:
+                    for ready, _ in selector.select():
+                        data = ready.fileobj.recv(65536)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        ready.data.sendall(data)
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Tunnel)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_https_proxy_and_no_proxy_are_honoured(private: Emulator, admin: EmulatorAdmin,
+                                               library_for: Callable[..., Library],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY sends the HSM traffic through a CONNECT tunnel, NO_PROXY naming the host goes
+    direct again, and the lower-case https_proxy works as libcurl reads it; every sign is counted."""
+    from urllib.parse import urlsplit
+
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    hsm, key = _ready(private, admin, library_for)
+    hsm_at = f"{urlsplit(private.url).hostname}:{urlsplit(private.url).port}"
+    proxy = ConnectProxy()
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        _sign(hsm, key)
+        assert proxy.targets == [hsm_at]
+        monkeypatch.setenv("NO_PROXY", urlsplit(private.url).hostname or "")
+        _sign(hsm, key)
+        assert proxy.targets == [hsm_at]  # direct: no new tunnel
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.setenv("https_proxy", proxy.url)
+        _sign(hsm, key)
+        assert proxy.targets == [hsm_at, hsm_at]
+    finally:
+        proxy.close()
+    assert admin.counters()["signs"]["total"] == 3

@@ -85,7 +85,7 @@ def document_of(c: config.Config) -> dict[str, Any]:
         "auth": {"authority": c.auth.authority, **({"tenantId": c.auth.tenant_id} if c.auth.tenant_id else {})},
         "log": {"directory": log.directory, "level": log.level,
                 "module": {"FunctionLevelTrace": log.function_level_trace, "P11Interfaces": log.p11_interfaces,
-                           "curl": {"Level": log.curl_level}},
+                           "curl": {"Level": log.curl_level, "DisplayAsHex": log.curl_display_as_hex}},
                 "flags": {"SendToFile": log.send_to_file, "SendToStdOut": log.send_to_stdout,
                           "SendToStdErr": log.send_to_stderr, "IncludeProcessId": log.include_process_id,
                           "IncludeThreadId": log.include_thread_id, "CloseFileAfterWrite": log.close_file_after_write}},
