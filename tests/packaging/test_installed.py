@@ -293,43 +293,6 @@ def test_haproxy(installed: Installed, keys: Keys, tmp_path: Path) -> None:
     assert alerts == [], output
 
 
-def test_haproxy_chroot_needs_the_hsm_name(installed: Installed, keys: Keys, tmp_path: Path) -> None:
-    """The HSM by name (`localhost`) and a new connection per sign (ConnectionCache.Disable): after
-    the chroot, each connection resolves the name again, inside /var/lib/haproxy. Without an
-    etc/hosts there the sign fails (a TLS internal error); with one it works. (DNS names need an
-    etc/resolv.conf there likewise; see docs/deploy/haproxy.md.)"""
-    document = json.loads(CONF.read_text())
-    for section, key in ((document["tokens"][0], "endpoint"), (document["auth"], "authority")):
-        section[key] = section[key].replace("127.0.0.1", "localhost")
-    document["ConnectionCache"] = {"Disable": True, "MaxConnections": 1}
-    conf = tmp_path / "by-name.conf"
-    conf.write_text(json.dumps(document))
-    ports = {kind: free_port() for kind in keys.labels}
-    cfg = haproxy_cfg(tmp_path, keys, ports)
-    cfg.write_text(cfg.read_text().replace("setenv MHSM_PKCS11_CONF /etc/mhsm-pkcs11.conf", f"setenv MHSM_PKCS11_CONF {conf}"))
-    chroot_etc = Path("/var/lib/haproxy/etc")
-    assert not chroot_etc.exists(), f"{chroot_etc} exists already: this test would change it"
-    os.chmod(tmp_path, 0o700)
-    outcomes = []
-    for hosts_in_chroot in (False, True):
-        if hosts_in_chroot:
-            chroot_etc.mkdir()
-            (chroot_etc / "hosts").write_text("127.0.0.1 localhost\n")
-        process = start(hidden(["/usr/sbin/haproxy", "-db", "-f", str(cfg)], tmp_path), installed.env)
-        try:
-            wait_for_port(ports["EC"], process, "haproxy")
-            before = signs(installed)
-            try:
-                handshake(ports["EC"], "EC", ssl.TLSVersion.TLSv1_3, keys.ca_file, "localhost")
-                outcomes.append(("served", signs(installed) - before))
-            except ssl.SSLError as exc:
-                outcomes.append((exc.reason, signs(installed) - before))
-        finally:
-            stop(process, signal.SIGUSR1)
-            shutil.rmtree(chroot_etc, ignore_errors=True)
-    assert outcomes == [("TLSV1_ALERT_INTERNAL_ERROR", 0), ("served", 1)]
-
-
 # --- Apache ---------------------------------------------------------------------------------------
 
 
