@@ -7,6 +7,7 @@ hash, salt = digest length). Verification is local, with the key's public part.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ MECHANISMS: dict[int, Mechanism] = {
 HASH_MECHANISMS = {lib.CKM_SHA256: "SHA256", lib.CKM_SHA384: "SHA384", lib.CKM_SHA512: "SHA512"}
 MGF1 = {lib.CKG_MGF1_SHA256: "SHA256", lib.CKG_MGF1_SHA384: "SHA384", lib.CKG_MGF1_SHA512: "SHA512"}
 KEY_BITS = {"RSA": (2048, 4096), "EC": (256, 521)}
+PSS_PARAMS_SIZE = ffi.sizeof("CK_RSA_PKCS_PSS_PARAMS")
 
 
 def mechanisms_for(kty: str) -> list[int]:
@@ -67,12 +69,26 @@ def info(mechanism_type: int) -> tuple[int, int, int]:
 
 def _pss_parameters(parameter: Any, length: int) -> tuple[str, str, int]:
     """(hash, MGF1 hash, salt length) from a CK_RSA_PKCS_PSS_PARAMS."""
-    if parameter == ffi.NULL or length != ffi.sizeof("CK_RSA_PKCS_PSS_PARAMS"):
+    if parameter == ffi.NULL or length != PSS_PARAMS_SIZE:
         raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS needs a CK_RSA_PKCS_PSS_PARAMS")
     params = ffi.cast("CK_RSA_PKCS_PSS_PARAMS *", parameter)
     if params.hashAlg not in HASH_MECHANISMS or params.mgf not in MGF1:
         raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS on Managed HSM uses SHA-256/384/512 with MGF1")
     return HASH_MECHANISMS[params.hashAlg], MGF1[params.mgf], int(params.sLen)
+
+
+@functools.lru_cache(maxsize=64)  # a host asks the same few at every C_SignInit; a fuzzer cannot grow it
+def _pss_problem(mechanism_hash: str | None, hash_: str, mgf1: str, salt_length: int) -> str | None:
+    """Why Managed HSM cannot sign with these PSS parameters, or None: settled once per combination,
+    not again at each C_SignInit."""
+    try:
+        signing.pss(b"\0" * signing.HASHES[mechanism_hash or hash_].digest_size, mechanism_hash or hash_, mgf1,
+                    salt_length)
+    except InvalidArgument as exc:
+        return str(exc)
+    if mechanism_hash and hash_ != mechanism_hash:
+        return f"PSS hashAlg must be {mechanism_hash} for this mechanism"
+    return None
 
 
 @dataclass
@@ -95,13 +111,9 @@ class Operation:
         pss = None
         if mech.family == "pss":
             pss = _pss_parameters(parameter, parameter_length)
-            hash_ = mech.hash or pss[0]
-            try:
-                signing.pss(b"\0" * signing.HASHES[hash_].digest_size, hash_, pss[1], pss[2])
-            except InvalidArgument as exc:
-                raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, str(exc)) from None
-            if mech.hash and pss[0] != mech.hash:
-                raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, f"PSS hashAlg must be {mech.hash} for this mechanism")
+            problem = _pss_problem(mech.hash, *pss)
+            if problem:
+                raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, problem)
         elif parameter != ffi.NULL and parameter_length:
             raise CKRError(lib.CKR_MECHANISM_PARAM_INVALID, "this mechanism takes no parameter")
         hasher = hashes.Hash(signing.HASHES[mech.hash]) if mech.hash else None

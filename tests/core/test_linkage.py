@@ -62,7 +62,7 @@ def test_a_signing_c_host_maps_one_openssl(permissive: Emulator, tmp_path: Path,
         argv = [str(binary("p11load")), str(PKCS11_MODULE), label, "ecdsa", "2", "t3"]
     else:
         cnf = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
-        cnf = cnf.replace("/opt/mhsm-tls-offload/build/mhsm.so", str(PROVIDER))
+        cnf = cnf.replace("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(PROVIDER))
         cnf = cnf.replace("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {env['MHSM_PKCS11_CONF']}")
         (tmp_path / "openssl.cnf").write_text(cnf)
         env["OPENSSL_CONF"] = str(tmp_path / "openssl.cnf")
