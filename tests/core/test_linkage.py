@@ -18,10 +18,10 @@ from mhsm_core.hsm import Library
 from pkcs11_compat.loadgen import binary
 from tests.conftest import REPO, Emulator
 from tests.core.test_tools import env_for
+from tests.provider.conftest import openssl_cnf
 
 SYSTEM_LIBS = "/lib/x86_64-linux-gnu/"
 PKCS11_MODULE = REPO / "build" / "libmhsm-pkcs11.so"
-PROVIDER = REPO / "build" / "mhsm.so"
 
 
 def test_pycurl_links_the_system_libcurl_and_openssl() -> None:
@@ -61,11 +61,7 @@ def test_a_signing_c_host_maps_one_openssl(permissive: Emulator, tmp_path: Path,
     if host == "p11load":
         argv = [str(binary("p11load")), str(PKCS11_MODULE), label, "ecdsa", "2", "t3"]
     else:
-        cnf = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
-        cnf = cnf.replace("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(PROVIDER))
-        cnf = cnf.replace("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {env['MHSM_PKCS11_CONF']}")
-        (tmp_path / "openssl.cnf").write_text(cnf)
-        env["OPENSSL_CONF"] = str(tmp_path / "openssl.cnf")
+        env["OPENSSL_CONF"] = str(openssl_cnf(env["MHSM_PKCS11_CONF"], tmp_path / "openssl.cnf"))
         argv = [str(binary("evpload")), f"pkcs11:object={label}", "ecdsa", "2", "t3"]
     before = permissive.admin.counters()["signs"]["total"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

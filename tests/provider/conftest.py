@@ -61,10 +61,15 @@ def make_hsm(emulator: Emulator, conf: Path, tag: str) -> Hsm:
 
 def provider_cnf(hsm: Hsm, path: Path) -> Path:
     """conf/openssl-mhsm.cnf as shipped, pointed at the built provider and the emulator's conf."""
+    return openssl_cnf(hsm.env["MHSM_PKCS11_CONF"], path)
+
+
+def openssl_cnf(mhsm_conf: str, path: Path) -> Path:
+    """conf/openssl-mhsm.cnf as shipped, pointed at the built provider and the configuration `mhsm_conf`."""
     assert PROVIDER.exists(), f"{PROVIDER} is missing: `make setup` builds it"
     text = (REPO / "conf" / "openssl-mhsm.cnf").read_text()
     for old, new in (("/usr/lib/x86_64-linux-gnu/ossl-modules/mhsm.so", str(PROVIDER)),
-                     ("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {hsm.env['MHSM_PKCS11_CONF']}")):
+                     ("mhsm-conf = /etc/mhsm-pkcs11.conf", f"mhsm-conf = {mhsm_conf}")):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     path.write_text(text)
