@@ -40,7 +40,7 @@ from mhsm_emulator.admin_client import EmulatorAdmin  # noqa: E402
 from tests.logscan import EVERY_FILE_FLAG  # noqa: E402
 
 # Short timeouts, so the "down" phase ends fast; the retry budget is what a burst must fit in.
-OPTIONS = {"ConnectTimeout": 1, "RequestTimeout": 5, "RetryBudget": 8, "MaxRetries": 4}
+OPTIONS = {"ConnectTimeout": 1, "RequestTimeout": 5, "RetryBudget": 8}  # MaxRetries: the default
 PATHS = ("provider", "engine")
 TLS = "TLS 1.3"
 
