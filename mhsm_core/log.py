@@ -154,9 +154,9 @@ def configure(settings: Log) -> logging.Logger:
     for handler in handlers:
         handler.addFilter(_Scrubber())
         logger.addHandler(handler)
-    # azure-identity, msal and httpx log through their own loggers: send them where ours go, scrubbed,
+    # azure-identity (azure-core) and msal log through their own loggers: send them where ours go, scrubbed,
     # instead of Python's last-resort stderr handler.
-    for name in ("azure", "httpx", "httpcore", "msal"):
+    for name in ("azure", "msal"):
         library_logger = logging.getLogger(name)
         library_logger.setLevel(logging.DEBUG if settings.function_level_trace else logging.ERROR)
         library_logger.propagate = False
